@@ -1,0 +1,111 @@
+"""Atomic checkpoints: written under a temporary name, renamed when complete, newest complete one wins.
+
+Layout of `<output_dir>/checkpoints/step_000010/`:
+    actor/               sharded weights + optimizer (torch.distributed.checkpoint) and LR scheduler
+    hf/                  the model's config.json and tokenizer files, so `r1ray export` needs nothing else
+    trainer_state.json   step, data sampler position, tracker run id
+    rng.pt               controller RNG states (python, numpy, torch)
+    config.yaml          the resolved config, secrets redacted
+    COMPLETE             written last, before the rename
+A directory without COMPLETE, or still under its `.tmp-` name, is never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+STEP_DIR = re.compile(r"^step_(\d{6,})$")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
+
+
+@dataclass
+class TrainerState:
+    step: int
+    sampler: dict[str, int]
+    run_id: str
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class CheckpointManager:
+    def __init__(self, root: Path, keep: int):
+        self.root = root
+        self.keep = keep
+
+    def save(self, state: TrainerState, *, write_actor: Callable[[Path], None], model_path: str,
+             config_yaml: str) -> Path:
+        """`write_actor(dir)` makes the actor ranks write their shards into `dir` (a collective)."""
+        final = self.root / f"step_{state.step:06d}"
+        tmp = self.root / f".tmp-step_{state.step:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write_actor(tmp / "actor")
+        self._copy_hf_files(Path(model_path), tmp / "hf")
+        (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__, indent=2))
+        torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / "COMPLETE").write_text("ok\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        logger.info("checkpoint written: %s", final)
+        self._prune()
+        return final
+
+    @staticmethod
+    def _copy_hf_files(model_path: Path, dest: Path) -> None:
+        """Config, generation config and tokenizer files: everything of the model directory but weights."""
+        dest.mkdir(parents=True, exist_ok=True)
+        if not model_path.is_dir():
+            return
+        for item in model_path.iterdir():
+            if item.is_file() and not item.name.endswith(WEIGHT_SUFFIXES):
+                shutil.copy2(item, dest / item.name)
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.root.iterdir()
+                 if (m := STEP_DIR.match(p.name)) and (p / "COMPLETE").is_file()]
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> Path | None:
+        done = self.complete()
+        return done[-1] if done else None
+
+    def _prune(self) -> None:
+        for old in self.complete()[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.root.glob(".tmp-step_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def read_checkpoint(path: Path) -> tuple[TrainerState, dict[str, Any]]:
+    """The trainer state and RNG states of a complete checkpoint; refuses incomplete ones."""
+    if not (path / "COMPLETE").is_file():
+        raise FileNotFoundError(f"{path}: not a complete r1ray checkpoint (no COMPLETE marker); "
+                                f"pass a step_* directory under <output_dir>/checkpoints")
+    state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+    return state, torch.load(path / "rng.pt", weights_only=False)

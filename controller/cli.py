@@ -1,0 +1,161 @@
+"""The `r1ray` command line. Each sub-command is a small function; heavy imports happen inside them.
+
+Errors a user can fix (bad config, bad data row, unknown reward) print one line per problem on stderr
+and exit with status 2; they never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A mistake the user can fix; its message is shown without a traceback."""
+
+
+def _config_cmd(args: argparse.Namespace) -> int:
+    from r1ray.config import field_help, load_config
+    from r1ray.config_load import config_to_yaml
+
+    if args.action == "fields":
+        for key, default, help_text in field_help():
+            print(f"{key} = {default!r}\n    {help_text}")
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    if args.action == "show":
+        print(config_to_yaml(cfg), end="")
+    else:
+        print(f"ok: {args.config or 'defaults'} is valid ({cfg.data.prompts_per_step} prompts x n={cfg.rollout.n} "
+              f"per step, {cfg.trainer.total_steps} steps, actor engine {cfg.actor.engine}, rollout {cfg.rollout.engine})")
+    return 0
+
+
+def _score_cmd(args: argparse.Namespace) -> int:
+    from r1ray.rewards import score_one
+
+    extra = json.loads(args.extra) if args.extra else {}
+    if not isinstance(extra, dict):
+        raise UserError("--extra: must be a JSON object, e.g. '{\"numbers\": [1, 2, 3]}'")
+    extra.setdefault("data_source", args.data_source)
+    weights = args.weight or [1.0] * len(args.reward)
+    if len(weights) != len(args.reward):
+        raise UserError("--weight: give one --weight per --reward, or none")
+    result = score_one(args.reward, weights, args.response, args.ground_truth, extra)
+    details = {"components": result.components, "status": result.status, "error": result.error}
+    print(json.dumps({"score": result.score, "details": details}))
+    return 0
+
+
+def _data_cmd(args: argparse.Namespace) -> int:
+    from r1ray.data import make_task, validate_file
+
+    if args.action == "make":
+        knobs = {k: v for k, v in (("digits", args.digits), ("n_people", args.n_people), ("source", args.source))
+                 if v is not None}
+        path = make_task(args.task, args.n, Path(args.out), seed=args.seed, **knobs)
+        print(f"wrote {args.n} {args.task} rows to {path}")
+        return 0
+    summary = validate_file(Path(args.file))
+    print(f"ok: {args.file}: {summary}")
+    return 0
+
+
+def _model_cmd(args: argparse.Namespace) -> int:
+    from r1ray.models import build_tiny_model
+
+    path = build_tiny_model(Path(args.out), hidden=args.hidden, layers=args.layers, seed=args.seed)
+    print(f"wrote a tiny Qwen2-style model and tokenizer to {path}")
+    return 0
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--config", required=required, help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as trainer.total_steps=10")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="r1ray", description="GRPO-family RL for reasoning LLMs on Ray.")
+    parser.add_argument("--log-level", default="INFO", help="Python logging level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("config", help="show, validate or document the configuration")
+    p.add_argument("action", choices=["show", "validate", "fields"])
+    _add_config_args(p)
+    p.set_defaults(func=_config_cmd)
+
+    p = sub.add_parser("score", help="score one response with reward functions (through the subprocess scorer)")
+    p.add_argument("--reward", action="append", required=True, help="reward function name; repeat to combine")
+    p.add_argument("--weight", action="append", type=float, help="weight per --reward (default 1 each)")
+    p.add_argument("--ground-truth", required=True)
+    p.add_argument("--response", required=True)
+    p.add_argument("--data-source", default="", help="selects the accuracy reward for --reward auto")
+    p.add_argument("--extra", default="", help="JSON object of extras, e.g. '{\"numbers\": [3, 5]}'")
+    p.set_defaults(func=_score_cmd)
+
+    p = sub.add_parser("data", help="generate or validate datasets")
+    dsub = p.add_subparsers(dest="action", required=True)
+    make = dsub.add_parser("make", help="write a generated task dataset (verl layout)")
+    make.add_argument("task")
+    make.add_argument("--n", type=int, required=True)
+    make.add_argument("--out", required=True)
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--digits", type=int, help="arithmetic: digits per operand")
+    make.add_argument("--n-people", type=int, help="knights_knaves: people per puzzle")
+    make.add_argument("--source", help="gsm8k: path of the GSM8K JSONL to convert")
+    val = dsub.add_parser("validate", help="check every row of a JSONL/Parquet file")
+    val.add_argument("file")
+    p.set_defaults(func=_data_cmd)
+
+    p = sub.add_parser("model", help="tiny models for tests and the quickstart")
+    msub = p.add_subparsers(dest="action", required=True)
+    tiny = msub.add_parser("init-tiny", help="build a random tiny Qwen2-style model + tokenizer offline")
+    tiny.add_argument("--out", required=True)
+    tiny.add_argument("--hidden", type=int, default=64)
+    tiny.add_argument("--layers", type=int, default=2)
+    tiny.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_model_cmd)
+
+    _add_train_commands(sub)
+    return parser
+
+
+def _add_train_commands(sub: argparse._SubParsersAction) -> None:
+    from r1ray.controller.cli_train import add_train_commands
+
+    add_train_commands(sub, _add_config_args)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from r1ray.config_load import ConfigError
+    from r1ray.data import DataError
+
+    return (UserError, ConfigError, DataError, FileNotFoundError, ValueError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides may come before or after --config; argparse leaves those after it unmatched.
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except _user_error_types() as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""The single controller: the GRPO loop as a readable sequence of worker-group calls (DESIGN §3).
+
+    prompts -> rollout.generate -> reward.score  ||  ref.compute_logprobs (|| actor old logprobs)
+            -> advantages (here, pure) -> actor.update -> weight sync -> log / eval / checkpoint
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from r1ray.algos import kl_coef_schedule
+from r1ray.config import R1RayConfig
+from r1ray.config_load import config_to_dict, config_to_yaml
+from r1ray.data import PromptSampler
+from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, concat_batches, select_rows
+from r1ray.rewards import RewardItem, ScoreBatch
+from r1ray.workers.placement import Placement
+from r1ray.workers.weight_sync import verify_checksums
+
+from r1ray.controller.advantage import build_train_batch, logprob_view, scores_tensor, select_groups, shaped_scores
+from r1ray.controller.checkpoint import CheckpointManager, TrainerState, read_checkpoint, restore_rng
+from r1ray.controller.evaluate import evaluate
+from r1ray.controller.metrics import StageTimer, mean_over_ranks, rollout_metrics, throughput
+from r1ray.controller.ray_cluster import connect
+from r1ray.controller.roles import Roles, build_roles
+from r1ray.controller.run_setup import Datasets, build_datasets, prepare_files, prompt_batch
+from r1ray.controller.schedule import groups_unit, response_budget
+from r1ray.controller.tracking import Trackers
+from r1ray.controller.redact import redact
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer:
+    """`Trainer(cfg).fit()` runs a whole GRPO run; `placement` overrides the config's (Python API)."""
+
+    def __init__(self, cfg: R1RayConfig, placement: Placement | None = None):
+        self.cfg = cfg
+        self.placement = placement or Placement.from_config(cfg.placement)
+        self.out_dir = Path(cfg.trainer.output_dir)
+        self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", cfg.trainer.keep_checkpoints)
+        self.roles: Roles | None = None
+        self.data: Datasets | None = None
+        self.sampler: PromptSampler | None = None
+        self.manifest: list | None = None
+
+    # ---- setup -------------------------------------------------------------------------------------
+    def _build(self) -> tuple[int, str | None]:
+        """Files, cluster, data, workers; resume if asked. Returns (start step, tracker run id)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg = prepare_files(self.cfg)
+        where = connect(self.cfg.ray.address, num_cpus=self.cfg.ray.num_cpus,
+                        needed_cpus=self.placement.required().get("CPU", 1.0), dashboard=self.cfg.ray.dashboard,
+                        dashboard_host=self.cfg.ray.dashboard_host, namespace=self.cfg.ray.namespace)
+        logger.info("ray: %s", where)
+        self.data = build_datasets(self.cfg)
+        self.sampler = PromptSampler(len(self.data.train), self.cfg.data.prompts_per_step, seed=self.cfg.trainer.seed,
+                                     shuffle=self.cfg.data.shuffle)
+        self.roles = build_roles(self.cfg, self.placement)
+        self.manifest = ray.get(self.roles.actor.call_rank0_async("weight_manifest", self.cfg.model.dtype))
+        start, run_id = self._maybe_resume()
+        self.sync_weights()  # rollout engines start from the actor's weights, resumed or not
+        return start, run_id
+
+    def _maybe_resume(self) -> tuple[int, str | None]:
+        resume = self.cfg.trainer.resume
+        path = self.checkpoints.latest() if resume == "auto" else (Path(resume) if resume != "never" else None)
+        if path is None:
+            if resume == "auto":
+                logger.info("trainer.resume=auto: no complete checkpoint in %s, starting fresh", self.checkpoints.root)
+            return 0, None
+        state, rng = read_checkpoint(path)
+        self.roles.actor.call("load", str(path / "actor"))
+        self.sampler.load_state_dict(state.sampler)
+        restore_rng(rng)
+        logger.info("resumed from %s at step %d", path, state.step)
+        return state.step, state.run_id
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        """Run to trainer.total_steps; returns the last step's metrics."""
+        start, run_id = self._build()
+        t = self.cfg.trainer
+        trackers = Trackers.build(self.cfg.logging, self.out_dir, total_steps=t.total_steps, start_step=start,
+                                  run_id=run_id, config=redact(config_to_dict(self.cfg)))
+        self.run_id = trackers.run_id
+        last: dict[str, float] = {}
+        try:
+            if start == 0 and t.eval_before_train and self.data.val is not None:
+                trackers.log(0, self.evaluate(0))
+            for step in range(start + 1, t.total_steps + 1):
+                last = self.step(step)
+                if self.data.val is not None and t.eval_every and (step % t.eval_every == 0 or step == t.total_steps):
+                    last.update(self.evaluate(step))
+                trackers.log(step, last)
+                if step == t.total_steps or (t.save_every and step % t.save_every == 0):
+                    self.save(step)
+        finally:
+            trackers.close()
+            self.roles.shutdown()
+        return last
+
+    def step(self, step: int) -> dict[str, float]:
+        """One GRPO step; every arrow of DESIGN §3 is one visible group call."""
+        cfg, roles, timer = self.cfg, self.roles, StageTimer()
+        budget = response_budget(cfg.rollout, step)
+        kl_coef = kl_coef_schedule(cfg.algorithm.kl_schedule, cfg.algorithm.kl_coef, cfg.algorithm.kl_coef_final,
+                                   step - 1, cfg.trainer.total_steps)
+        rollout, scores, ref_lp, old_lp, metrics = self._collect(step, budget, timer)
+        if rollout is None:
+            logger.warning("step %d: every group had zero reward spread; no update", step)
+            return {**metrics, **timer.metrics()}
+        with timer("advantage"):
+            shaped = shaped_scores(scores, rollout, cfg.algorithm, budget)
+            batch = build_train_batch(rollout, shaped, cfg.algorithm, kl_coef=kl_coef, ref_logprobs=ref_lp,
+                                      old_logprobs=old_lp)
+        with timer("update_actor"):
+            refs = roles.actor.scatter_async("update", batch, temperature=cfg.rollout.temperature, kl_coef=kl_coef,
+                                             mini_batches=cfg.algorithm.mini_batches,
+                                             ppo_epochs=cfg.algorithm.ppo_epochs)
+            metrics.update(mean_over_ranks(ray.get(refs)))
+        with timer("sync_weights"):
+            self.sync_weights()
+        metrics.update({"actor/kl_coef": kl_coef, **rollout_metrics(rollout, budget), **timer.metrics()})
+        metrics.update(throughput(rollout, metrics["timing_s/step"], self.placement.pools[self.placement.roles["actor"]].size))
+        return metrics
+
+    def _collect(self, step: int, budget: int, timer: StageTimer):
+        """Generate, score and (when needed) compute ref/old logprobs; with dynamic sampling, repeat until
+        enough groups have reward spread. Returns (rollout, scores, ref_lp, old_lp, metrics)."""
+        cfg = self.cfg
+        unit = groups_unit(cfg, self.placement)
+        wanted = cfg.data.prompts_per_step
+        rounds = 3 if cfg.algorithm.dynamic_sampling else 1
+        kept: list[tuple[RolloutBatch, torch.Tensor, Any, Any]] = []
+        metrics: dict[str, float] = {}
+        for round_index in range(rounds):
+            prompts = prompt_batch(self.data.train.batch(self.sampler.next_batch()))
+            sampling = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                      top_k=cfg.rollout.top_k, max_new_tokens=budget,
+                                      seed=cfg.trainer.seed * 1_000_003 + step * 16 + round_index)
+            with timer("generate"):
+                rollout = self.generate(prompts, sampling)
+            with timer("reward_ref_logprobs"):
+                scored, ref_lp, old_lp = self._score_and_logprobs(rollout)
+            if round_index == 0:
+                metrics.update(scored.metrics())
+            scores = scores_tensor(scored.scores)
+            chosen = select_groups(scores, cfg.rollout.n, dynamic_sampling=cfg.algorithm.dynamic_sampling,
+                                   groups_unit=1)
+            metrics.setdefault("frac_reward_zero_std", chosen.frac_zero_std)
+            if chosen.rows:
+                kept.append(_take(rollout, scores, ref_lp, old_lp, chosen.rows))
+            if sum(len(k[0]) for k in kept) >= wanted * cfg.rollout.n:
+                break
+        metrics["dynamic_sampling/rounds"] = float(round_index + 1)
+        if not kept:
+            return None, None, None, None, metrics
+        return (*_merge(kept, wanted * cfg.rollout.n, unit * cfg.rollout.n), metrics)
+
+    def _score_and_logprobs(self, rollout: RolloutBatch) -> tuple[ScoreBatch, Any, Any]:
+        """Reward scoring, reference logprobs and (off-policy updates only) old logprobs, all at once."""
+        cfg, roles = self.cfg, self.roles
+        score_refs = self._score_async(rollout)
+        view = logprob_view(rollout)
+        temp = cfg.rollout.temperature
+        ref_refs = roles.ref.scatter_async("compute_logprobs", view, even=False, temperature=temp) if roles.ref else None
+        off_policy = cfg.algorithm.ppo_epochs > 1 or cfg.algorithm.mini_batches > 1
+        old_refs = (roles.actor.scatter_async("compute_logprobs", view, even=False, temperature=temp)
+                    if off_policy else None)
+        scored = ScoreBatch(results=[r for part in ray.get(score_refs) for r in part.results])
+        ref_lp = torch.cat(ray.get(ref_refs)) if ref_refs else None
+        old_lp = torch.cat(ray.get(old_refs)) if old_refs else None
+        return scored, ref_lp, old_lp
+
+    def _score_async(self, rollout: RolloutBatch) -> list[ray.ObjectRef]:
+        items = [RewardItem(response=text, ground_truth=gt, data_source=src, extra=dict(extra))
+                 for text, gt, src, extra in zip(rollout.response_texts, rollout.ground_truths,
+                                                 rollout.data_sources, rollout.extra_infos)]
+        group = self.roles.reward
+        from r1ray.protocol import chunk_rows
+
+        return [w.score.remote([items[i] for i in rows])
+                for w, rows in zip(group.workers, chunk_rows(len(items), group.world_size))]
+
+    def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
+        refs = self.roles.rollout.scatter_async("generate", prompts, even=False, sampling=sampling)
+        return concat_batches([b for b in ray.get(refs) if len(b)])
+
+    def score(self, rollout: RolloutBatch) -> ScoreBatch:
+        return ScoreBatch(results=[r for part in ray.get(self._score_async(rollout)) for r in part.results])
+
+    def sync_weights(self) -> None:
+        """Actor -> rollout engines over the sync group, then compare checksums (fails the step loudly)."""
+        send = self.roles.actor.call_async("send_weights", self.manifest)
+        receive = self.roles.rollout.call_async("receive_weights", self.manifest)
+        sent = ray.get(send)[0]
+        verify_checksums(sent, ray.get(receive))
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        return evaluate(self, step)
+
+    def save(self, step: int) -> Path:
+        state = TrainerState(step=step, sampler=self.sampler.state_dict(), run_id=self.run_id)
+        return self.checkpoints.save(
+            state, write_actor=lambda d: self.roles.actor.call("save", str(d)), model_path=self.cfg.model.path,
+            config_yaml=config_to_yaml_redacted(self.cfg))
+
+
+def config_to_yaml_redacted(cfg: R1RayConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(redact(config_to_dict(cfg))))
+
+
+def _take(rollout: RolloutBatch, scores, ref_lp, old_lp, rows: list[int]):
+    index = torch.tensor(rows)
+    return (select_rows(rollout, rows), scores[index], None if ref_lp is None else ref_lp[index],
+            None if old_lp is None else old_lp[index])
+
+
+def _merge(kept, wanted_rows: int, unit_rows: int):
+    """Concatenate kept chunks and trim to `wanted_rows`, or to whole units when fewer were found."""
+    width = max(k[0].rollout_logprobs.shape[1] for k in kept)
+    rollout = concat_batches([k[0] for k in kept])
+    scores = torch.cat([k[1] for k in kept])
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
+    ref = torch.cat([pad(k[2]) for k in kept]) if kept[0][2] is not None else None
+    old = torch.cat([pad(k[3]) for k in kept]) if kept[0][3] is not None else None
+    rows = min(len(rollout), wanted_rows)
+    rows = rows // unit_rows * unit_rows
+    if rows == len(rollout):
+        return rollout, scores, ref, old
+    keep = list(range(rows))
+    return _take(rollout, scores, ref, old, keep) if rows else (None, None, None, None)

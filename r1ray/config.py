@@ -1,0 +1,228 @@
+"""The one configuration schema of r1ray.
+
+Frozen dataclasses, one per section. Defaults live here and nowhere else (DESIGN §5); every field
+carries a one-line help text in its metadata (`r1ray config fields` prints them). Loading — YAML over
+the defaults, then dotted `key=value` overrides over the YAML — and the cross-field rules live in
+`r1ray.config_load` and `r1ray.config_checks`; `load_config` below is the entry point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def _f(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
+    """A schema field with its help text (and allowed values, checked at load time)."""
+    meta: dict[str, Any] = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: _copy(default), metadata=meta)
+    if is_dataclass(default):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = _f("", "Hugging Face model directory (or hub name where the network allows) of the policy.")
+    ref_path: str = _f("", "Reference policy directory; empty means the same weights as model.path.")
+    init_tiny: bool = _f(False, "Build a tiny random Qwen2-style model at model.path if none is there (quickstart, tests).")
+    tiny_hidden: int = _f(64, "Hidden size of the tiny model built by model.init_tiny.")
+    tiny_layers: int = _f(2, "Number of layers of the tiny model built by model.init_tiny.")
+    tiny_max_length: int = _f(1024, "max_position_embeddings of the tiny model built by model.init_tiny.")
+    dtype: str = _f("float32", "Parameter dtype of actor, reference and rollout.", ("float32", "bfloat16", "float16"))
+    attn_implementation: str = _f("sdpa", "Attention kernel for Hugging Face models.",
+                                  ("eager", "sdpa", "flash_attention_2"))
+    trust_remote_code: bool = _f(False, "Allow custom modelling code shipped with the checkpoint.")
+    max_model_len: int = _f(0, "Longest prompt+response the model allows; 0 reads max_position_embeddings from its config.json.")
+
+
+@dataclass(frozen=True)
+class GenerateDataConfig:
+    task: str = _f("", "Generate the dataset with this task (arithmetic, countdown, knights_knaves) when data.train_files is empty.")
+    train_size: int = _f(512, "Number of generated training prompts.")
+    val_size: int = _f(64, "Number of generated held-out prompts (a different seed from training).")
+    seed: int = _f(0, "Seed of the generated dataset.")
+    digits: int = _f(2, "arithmetic: number of digits per operand.")
+    n_people: int = _f(3, "knights_knaves: number of people per puzzle (difficulty).")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_files: list[str] = _f([], "JSONL or Parquet files of training prompts in the verl layout.")
+    val_files: list[str] = _f([], "JSONL or Parquet files of held-out prompts for evaluation.")
+    prompt_key: str = _f("prompt", "Column holding the prompt (chat messages or a string); dotted for nested.")
+    ground_truth_key: str = _f("reward_model.ground_truth", "Column holding the ground truth; dotted for nested.")
+    data_source_key: str = _f("data_source", "Column whose value selects the accuracy reward ('auto').")
+    extra_info_key: str = _f("extra_info", "Column holding per-row extras passed to rewards.")
+    template: str = _f("r1_zero", "How prompts are rendered: R1-Zero text template, the tokenizer's chat template, or raw.",
+                       ("r1_zero", "chat", "none"))
+    prompts_per_step: int = _f(8, "Prompts drawn per training step; each is sampled rollout.n times.")
+    shuffle: bool = _f(True, "Shuffle the training prompts every epoch (seeded by trainer.seed).")
+    val_max_prompts: int = _f(0, "Cap on evaluated held-out prompts; 0 evaluates all.")
+    generate: GenerateDataConfig = _f(GenerateDataConfig(), "Built-in task generator used when no files are given.")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    engine: str = _f("hf", "Generation engine: Hugging Face generate (CPU or GPU) or vLLM (GPU).", ("hf", "vllm"))
+    n: int = _f(8, "Samples per prompt (the GRPO group size).")
+    temperature: float = _f(1.0, "Sampling temperature for training rollouts.")
+    top_p: float = _f(1.0, "Nucleus sampling threshold for training rollouts.")
+    top_k: int = _f(-1, "Top-k sampling cut-off; -1 disables it.")
+    max_prompt_length: int = _f(256, "Prompts longer than this many tokens after templating are dropped (and counted).")
+    max_response_length: int = _f(256, "Upper bound on generated tokens; the schedule below may use less.")
+    response_length_schedule: list[list[int]] = _f(
+        [], "Piecewise-constant [[step, length], ...] response budget (e.g. 8k -> 20k); empty: always max_response_length.")
+    tensor_parallel_size: int = _f(1, "vLLM tensor-parallel degree per engine (devices per engine).")
+    gpu_memory_utilization: float = _f(0.5, "vLLM: share of GPU memory for weights and KV cache.")
+    generate_batch_size: int = _f(64, "HF engine: sequences generated together in one generate call.")
+    free_cache_engine: bool = _f(True, "vLLM: sleep (free KV cache and weights) while the actor trains on the same GPUs.")
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    adv_estimator: str = _f("grpo", "Advantage estimator.", ("grpo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"))
+    loss_agg: str = _f("token-mean", "How per-token losses become one number.",
+                       ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"))
+    clip_low: float = _f(0.2, "PPO ratio clip below 1 (ratio >= 1 - clip_low).")
+    clip_high: float = _f(0.2, "PPO ratio clip above 1 (DAPO clip-higher uses 0.28).")
+    dual_clip: float = _f(0.0, "Dual-clip constant c > 1 for negative advantages; 0 disables it.")
+    kl_kind: str = _f("k3", "Per-token KL(policy||ref) estimator.", ("k1", "k2", "k3"))
+    kl_coef: float = _f(0.001, "KL coefficient at step 0.")
+    kl_placement: str = _f("loss", "Where KL enters: a loss term, a reward penalty, or not at all (no reference model).",
+                           ("loss", "reward", "none"))
+    kl_schedule: str = _f("constant", "KL coefficient schedule over trainer.total_steps.", ("constant", "linear", "cosine"))
+    kl_coef_final: float = _f(0.0, "KL coefficient floor reached at the last step by linear/cosine schedules.")
+    entropy_coef: float = _f(0.0, "Entropy bonus coefficient (0 logs entropy without training on it).")
+    dynamic_sampling: bool = _f(False, "DAPO dynamic sampling: drop groups whose rewards are all equal.")
+    overlong_shaping: bool = _f(False, "DAPO soft overlong punishment near the response budget.")
+    overlong_buffer_len: int = _f(64, "Tokens before the budget where the overlong penalty starts.")
+    overlong_penalty: float = _f(1.0, "Overlong penalty at the budget.")
+    overlong_mask: bool = _f(False, "Truncated responses carry no loss (DAPO overlong filtering).")
+    ppo_epochs: int = _f(1, "Passes over each rollout batch.")
+    mini_batches: int = _f(1, "Optimizer steps per pass; the rollout batch is split into this many mini-batches.")
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    engine: str = _f("fsdp2", "Training engine of actor and reference.", ("fsdp2", "deepspeed"))
+    lr: float = _f(1e-6, "Peak learning rate.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    betas: list[float] = _f([0.9, 0.999], "AdamW betas.")
+    warmup_steps: int = _f(0, "Linear learning-rate warm-up, in optimizer steps.")
+    lr_schedule: str = _f("constant", "Learning rate after warm-up.", ("constant", "cosine"))
+    min_lr_ratio: float = _f(0.0, "Cosine schedule floor as a fraction of lr.")
+    micro_batch_tokens: int = _f(8192, "Token budget of one forward/backward micro-batch (sequences are packed up to it).")
+    grad_clip: float = _f(1.0, "Clip the global gradient norm to this; 0 disables clipping.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    zero_stage: int = _f(3, "DeepSpeed ZeRO stage (engine=deepspeed).")
+    cpu_offload: bool = _f(False, "Offload parameters and optimizer state to CPU.")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    functions: list[str] = _f(["auto", "format"], "Reward functions summed per sample ('auto' picks accuracy by data_source).")
+    weights: list[float] = _f([1.0, 0.1], "Weight of each reward function, in the same order.")
+    sample_timeout_s: float = _f(10.0, "A sample still scoring after this is killed and counted as a timeout.")
+    batch_timeout_s: float = _f(300.0, "Samples unfinished after this long per batch are killed and counted as timeouts.")
+    processes: int = _f(2, "Scoring subprocesses per reward worker.")
+    language: str = _f("en", "Target language of the language-consistency reward.")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    nodes: int = _f(1, "Nodes in this resource pool.")
+    devices_per_node: int = _f(1, "Bundles per node: GPUs for a GPU pool, CPU slots for a CPU pool.")
+    device: str = _f("cpu", "What one bundle is.", ("cpu", "gpu"))
+    cpus_per_bundle: float = _f(1.0, "CPUs reserved per bundle (for a GPU pool: beside each GPU).")
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    pools: dict[str, PoolConfig] = _f({"default": PoolConfig()}, "Named resource pools (nodes x devices).")
+    actor: str = _f("default", "Pool of the actor; its bundle count is the data-parallel size.")
+    ref: str = _f("default", "Pool of the reference; the same pool as the actor colocates them.")
+    rollout: str = _f("default", "Pool of the rollout engines (bundles / tensor_parallel_size engines).")
+    reward: str = _f("default", "Pool of the reward workers (one worker per bundle).")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    total_steps: int = _f(20, "GRPO steps to run.")
+    output_dir: str = _f("runs/r1ray", "Run directory: checkpoints, metrics.jsonl, TensorBoard, generated data.")
+    seed: int = _f(0, "Seed of data order, sampling and initialisation.")
+    save_every: int = _f(0, "Checkpoint every K steps (and always after the last step); 0: only at the end.")
+    keep_checkpoints: int = _f(2, "Complete checkpoints kept; older ones are deleted.")
+    eval_every: int = _f(0, "Evaluate on the held-out set every K steps; 0 disables periodic evaluation.")
+    eval_before_train: bool = _f(True, "Evaluate once before the first step (when a held-out set exists).")
+    eval_n: int = _f(1, "Samples per held-out prompt during evaluation.")
+    eval_temperature: float = _f(0.0, "Sampling temperature for evaluation; 0 is greedy.")
+    resume: str = _f("never", "'never', 'auto' (newest complete checkpoint in output_dir) or a checkpoint path.")
+    startup_timeout_s: float = _f(300.0, "A worker group not ready after this long fails with the role named.")
+    collective_timeout_s: float = _f(600.0, "Timeout of every torch.distributed collective (training and weight sync).")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    console: bool = _f(True, "Progress bar with per-stage timing on the console.")
+    jsonl: bool = _f(True, "Write <output_dir>/metrics.jsonl, one object per step.")
+    tensorboard: bool = _f(True, "Write TensorBoard events under <output_dir>/tensorboard.")
+    wandb: bool = _f(True, "Log to Weights & Biases (offline when no WANDB_API_KEY is set).")
+    wandb_project: str = _f("r1ray", "Weights & Biases project.")
+    run_name: str = _f("", "Run name for trackers; empty derives it from output_dir.")
+    level: str = _f("INFO", "Python logging level.", ("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = _f("", "Ray cluster to join; empty uses RAY_ADDRESS, else starts a local cluster on 127.0.0.1.")
+    num_cpus: int = _f(0, "CPUs of a local cluster; 0 takes what the placement needs (at least the machine's cores).")
+    dashboard: bool = _f(False, "Start Ray's dashboard with a local cluster.")
+    dashboard_host: str = _f("127.0.0.1", "Dashboard bind address; anything else exposes a code-executing API.")
+    namespace: str = _f("r1ray", "Ray namespace of r1ray's actors.")
+
+
+@dataclass(frozen=True)
+class R1RayConfig:
+    model: ModelConfig = _f(ModelConfig(), "The policy and reference models.")
+    data: DataConfig = _f(DataConfig(), "Prompt datasets.")
+    rollout: RolloutConfig = _f(RolloutConfig(), "Sampling of responses.")
+    algorithm: AlgorithmConfig = _f(AlgorithmConfig(), "Advantages, loss and KL.")
+    actor: ActorConfig = _f(ActorConfig(), "Training engine and optimizer.")
+    reward: RewardConfig = _f(RewardConfig(), "Rule-based rewards.")
+    placement: PlacementConfig = _f(PlacementConfig(), "Which roles run on which resources.")
+    trainer: TrainerConfig = _f(TrainerConfig(), "Training loop, checkpoints, evaluation.")
+    logging: LoggingConfig = _f(LoggingConfig(), "Trackers.")
+    ray: RayConfig = _f(RayConfig(), "The Ray cluster.")
+
+
+def field_help(cls: type = R1RayConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) for every leaf field of the schema, in declaration order."""
+    rows: list[tuple[str, Any, str]] = []
+    for f in fields(cls):
+        key = f"{prefix}{f.name}"
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        if is_dataclass(default):
+            rows.extend(field_help(type(default), key + "."))
+        else:
+            rows.append((key, default, f.metadata.get("help", "")))
+    return rows
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> R1RayConfig:
+    """Defaults <- YAML file <- dotted overrides; raises ConfigError listing every problem."""
+    from r1ray.config_load import load_config as _load
+
+    return _load(path, overrides)

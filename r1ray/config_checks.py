@@ -1,0 +1,221 @@
+"""Cross-field rules of the config, checked at load time so mistakes fail before any worker starts.
+
+Each rule returns problem lines that name the field and say how to fix it. `check_config` runs them all
+and returns every problem, so `r1ray config validate` can list them together.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from r1ray.config import R1RayConfig
+
+GROUP_ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline")
+
+
+def check_config(cfg: R1RayConfig) -> list[str]:
+    problems = _choices(cfg, "")
+    for rule in (_model_rules, _data_rules, _rollout_rules, _algorithm_rules, _batch_rules,
+                 _reward_rules, _placement_rules, _trainer_rules):
+        problems += rule(cfg)
+    return problems
+
+
+def _choices(node: Any, prefix: str) -> list[str]:
+    problems = []
+    for f in fields(node):
+        value = getattr(node, f.name)
+        key = prefix + f.name
+        if is_dataclass(value):
+            problems += _choices(value, key + ".")
+        elif isinstance(value, dict):
+            for name, sub in value.items():
+                if is_dataclass(sub):
+                    problems += _choices(sub, f"{key}.{name}.")
+        elif "choices" in f.metadata and value not in f.metadata["choices"]:
+            problems.append(f"{key}: '{value}' is not one of {', '.join(f.metadata['choices'])}")
+    return problems
+
+
+def model_max_length(cfg: R1RayConfig) -> int | None:
+    """The longest sequence the policy allows, or None when it cannot be known yet."""
+    if cfg.model.max_model_len > 0:
+        return cfg.model.max_model_len
+    config_json = Path(cfg.model.path) / "config.json"
+    if config_json.is_file():
+        value = json.loads(config_json.read_text()).get("max_position_embeddings")
+        return int(value) if value else None
+    if cfg.model.init_tiny:
+        return cfg.model.tiny_max_length
+    return None
+
+
+def _model_rules(cfg: R1RayConfig) -> list[str]:
+    m = cfg.model
+    problems = []
+    if not m.path:
+        problems.append("model.path: empty; set it to a Hugging Face model directory (or model.init_tiny=true with a path to build into)")
+    elif not m.init_tiny and not Path(m.path).exists() and not _looks_like_hub_id(m.path):
+        problems.append(f"model.path: '{m.path}' does not exist; give a model directory or set model.init_tiny=true")
+    if m.tiny_hidden < 8 or m.tiny_layers < 1:
+        problems.append("model.tiny_hidden/tiny_layers: need tiny_hidden >= 8 and tiny_layers >= 1")
+    limit = model_max_length(cfg)
+    total = cfg.rollout.max_prompt_length + cfg.rollout.max_response_length
+    if limit is not None and total > limit:
+        problems.append(f"rollout.max_prompt_length + rollout.max_response_length = {total} exceeds the model's "
+                        f"{limit} positions; lower one of them (or set model.max_model_len if the model allows more)")
+    return problems
+
+
+def _data_rules(cfg: R1RayConfig) -> list[str]:
+    d = cfg.data
+    problems = []
+    if not d.train_files and not d.generate.task:
+        problems.append("data.train_files: empty; list JSONL/Parquet files, or set data.generate.task to build a dataset")
+    for key in ("train_files", "val_files"):
+        for name in getattr(d, key):
+            if not Path(name).is_file() and "://" not in name:
+                problems.append(f"data.{key}: '{name}' not found; check the path (relative paths start at the working directory)")
+    if d.generate.task:
+        from r1ray.data import TASKS
+
+        if d.generate.task not in TASKS:
+            problems.append(f"data.generate.task: '{d.generate.task}' is not one of {', '.join(sorted(TASKS))}")
+        if d.generate.train_size < d.prompts_per_step:
+            problems.append("data.generate.train_size: smaller than data.prompts_per_step; generate more prompts")
+    if d.prompts_per_step < 1:
+        problems.append("data.prompts_per_step: must be >= 1")
+    return problems
+
+
+def _rollout_rules(cfg: R1RayConfig) -> list[str]:
+    r = cfg.rollout
+    problems = []
+    if r.n < 1:
+        problems.append("rollout.n: must be >= 1")
+    if not 0.0 < r.top_p <= 1.0:
+        problems.append("rollout.top_p: must be in (0, 1]")
+    if r.temperature < 0:
+        problems.append("rollout.temperature: must be >= 0")
+    if r.max_prompt_length < 1 or r.max_response_length < 1:
+        problems.append("rollout.max_prompt_length/max_response_length: must be >= 1")
+    steps = [entry[0] for entry in r.response_length_schedule if len(entry) == 2]
+    if any(len(entry) != 2 for entry in r.response_length_schedule):
+        problems.append("rollout.response_length_schedule: each entry is [step, length], e.g. [[0, 8192], [200, 20480]]")
+    elif r.response_length_schedule:
+        if steps != sorted(steps) or steps[0] != 0:
+            problems.append("rollout.response_length_schedule: steps must start at 0 and increase")
+        longest = max(entry[1] for entry in r.response_length_schedule)
+        if longest > r.max_response_length:
+            problems.append(f"rollout.response_length_schedule: length {longest} exceeds rollout.max_response_length="
+                            f"{r.max_response_length}; raise max_response_length (it sizes the engines)")
+    if r.engine == "vllm" and _pool_device(cfg, cfg.placement.rollout) != "gpu":
+        problems.append("rollout.engine: vllm needs a GPU pool; set placement.rollout to a pool with device: gpu, or use engine: hf")
+    return problems
+
+
+def _algorithm_rules(cfg: R1RayConfig) -> list[str]:
+    a = cfg.algorithm
+    problems = []
+    if a.adv_estimator in GROUP_ESTIMATORS and cfg.rollout.n < 2:
+        problems.append(f"rollout.n: {a.adv_estimator} needs a group baseline, so n must be >= 2 (typical: 8 to 64)")
+    if not 0.0 <= a.clip_low < 1.0 or a.clip_high < 0.0:
+        problems.append("algorithm.clip_low/clip_high: need 0 <= clip_low < 1 and clip_high >= 0")
+    if a.dual_clip != 0.0 and a.dual_clip <= 1.0:
+        problems.append("algorithm.dual_clip: must be 0 (off) or > 1, e.g. 3.0")
+    if a.kl_coef < 0 or a.kl_coef_final < 0:
+        problems.append("algorithm.kl_coef/kl_coef_final: must be >= 0")
+    if a.overlong_shaping and a.overlong_buffer_len >= cfg.rollout.max_response_length:
+        problems.append("algorithm.overlong_buffer_len: must be smaller than rollout.max_response_length")
+    if a.ppo_epochs < 1 or a.mini_batches < 1:
+        problems.append("algorithm.ppo_epochs/mini_batches: must be >= 1")
+    return problems
+
+
+def _batch_rules(cfg: R1RayConfig) -> list[str]:
+    sequences = cfg.data.prompts_per_step * cfg.rollout.n
+    dp = _pool_size(cfg, cfg.placement.actor)
+    problems = []
+    if dp and sequences % (dp * cfg.algorithm.mini_batches):
+        problems.append(f"data.prompts_per_step * rollout.n = {sequences} sequences is not divisible by actor ranks ({dp}) "
+                        f"x algorithm.mini_batches ({cfg.algorithm.mini_batches}); change prompts_per_step or mini_batches")
+    if cfg.data.prompts_per_step % cfg.algorithm.mini_batches:
+        problems.append("algorithm.mini_batches: must divide data.prompts_per_step so that groups stay whole")
+    if cfg.actor.micro_batch_tokens < cfg.rollout.max_prompt_length + cfg.rollout.max_response_length:
+        problems.append(f"actor.micro_batch_tokens: {cfg.actor.micro_batch_tokens} cannot hold one full sequence "
+                        f"({cfg.rollout.max_prompt_length + cfg.rollout.max_response_length} tokens); raise it")
+    return problems
+
+
+def _reward_rules(cfg: R1RayConfig) -> list[str]:
+    from r1ray.rewards import reward_names
+
+    r = cfg.reward
+    problems = []
+    if not r.functions:
+        problems.append("reward.functions: empty; list at least one reward, e.g. [auto, format]")
+    if len(r.weights) != len(r.functions):
+        problems.append(f"reward.weights: {len(r.weights)} weights for {len(r.functions)} functions; give one weight per function")
+    known = set(reward_names())
+    for name in r.functions:
+        if name not in known and ":" not in name:
+            problems.append(f"reward.functions: unknown reward '{name}'; known: {', '.join(sorted(known))}")
+    if r.sample_timeout_s <= 0 or r.batch_timeout_s < r.sample_timeout_s:
+        problems.append("reward.sample_timeout_s/batch_timeout_s: need 0 < sample_timeout_s <= batch_timeout_s")
+    if r.processes < 1:
+        problems.append("reward.processes: must be >= 1")
+    return problems
+
+
+def _placement_rules(cfg: R1RayConfig) -> list[str]:
+    p = cfg.placement
+    problems = []
+    for role in ("actor", "ref", "rollout", "reward"):
+        name = getattr(p, role)
+        if name not in p.pools:
+            problems.append(f"placement.{role}: pool '{name}' is not defined; define it under placement.pools "
+                            f"(defined: {', '.join(p.pools) or 'none'})")
+    for name, pool in p.pools.items():
+        if pool.nodes < 1 or pool.devices_per_node < 1:
+            problems.append(f"placement.pools.{name}: nodes and devices_per_node must be >= 1")
+    if cfg.actor.engine == "fsdp2" and _pool_device(cfg, p.actor) == "gpu" and cfg.model.dtype == "float16":
+        problems.append("model.dtype: float16 training without a loss scaler is unstable; use bfloat16")
+    rollout_size = _pool_size(cfg, p.rollout)
+    tp = cfg.rollout.tensor_parallel_size
+    if rollout_size and (tp < 1 or rollout_size % tp):
+        problems.append(f"rollout.tensor_parallel_size: {tp} must divide the rollout pool's {rollout_size} devices")
+    if cfg.actor.engine == "deepspeed" and cfg.actor.zero_stage not in (1, 2, 3):
+        problems.append("actor.zero_stage: must be 1, 2 or 3")
+    return problems
+
+
+def _trainer_rules(cfg: R1RayConfig) -> list[str]:
+    t = cfg.trainer
+    problems = []
+    if t.total_steps < 1:
+        problems.append("trainer.total_steps: must be >= 1")
+    if t.save_every < 0 or t.eval_every < 0 or t.keep_checkpoints < 1:
+        problems.append("trainer.save_every/eval_every must be >= 0 and keep_checkpoints >= 1")
+    if t.resume not in ("never", "auto") and not Path(t.resume).is_dir():
+        problems.append(f"trainer.resume: '{t.resume}' is neither 'never', 'auto' nor an existing checkpoint directory")
+    if t.eval_n < 1:
+        problems.append("trainer.eval_n: must be >= 1")
+    return problems
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    """'Qwen/Qwen2.5-7B' is fetched from a hub where the network allows; './x' or '/x/y' is local."""
+    return path.count("/") == 1 and not path.startswith((".", "/", "~"))
+
+
+def _pool_size(cfg: R1RayConfig, name: str) -> int:
+    pool = cfg.placement.pools.get(name)
+    return pool.nodes * pool.devices_per_node if pool else 0
+
+
+def _pool_device(cfg: R1RayConfig, name: str) -> str | None:
+    pool = cfg.placement.pools.get(name)
+    return pool.device if pool else None

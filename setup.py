@@ -1,0 +1,43 @@
+"""Packaging of r1ray: one import namespace, `r1ray`, over three folders (DESIGN §2)."""
+
+from setuptools import find_packages, setup
+
+core = find_packages(include=["r1ray", "r1ray.*"])
+workers = ["r1ray.workers" + p[len("workers"):] for p in find_packages(include=["workers", "workers.*"])]
+controller = ["r1ray.controller" + p[len("controller"):]
+              for p in find_packages(include=["controller", "controller.*"])]
+
+setup(
+    name="r1ray",
+    version="0.1.0",
+    description="GRPO-family reinforcement learning for reasoning LLMs, orchestrated by a Ray single controller",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=core + workers + controller,
+    package_dir={"r1ray.workers": "workers", "r1ray.controller": "controller"},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.6",
+        "ray[default]>=2.44",
+        "transformers>=4.51",
+        "tokenizers>=0.21",
+        "safetensors",
+        "omegaconf>=2.3",
+        "math-verify[antlr4_13_2]>=0.7",
+        "pyarrow>=15",
+        "numpy",
+        "tqdm",
+        "rich",
+        "tensorboard",
+        "matplotlib",
+        "wandb",
+        "pyyaml",
+    ],
+    extras_require={
+        "gpu": ["vllm>=0.10", "flash-attn>=2.6"],
+        "deepspeed": ["deepspeed>=0.16"],
+        "dev": ["pytest>=8", "pytest-timeout", "jsonschema>=4"],
+    },
+    entry_points={"console_scripts": ["r1ray=r1ray.controller.cli:main"]},
+)

@@ -1,0 +1,71 @@
+"""The actor: the trained policy. Policy updates, full-weight streaming for the sync, checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from r1ray.protocol import TrainBatch, split_batch
+from r1ray.workers.engines import EngineSpec
+from r1ray.workers.losses import ActorLoss, LossSettings, denominator
+from r1ray.workers.policy import PolicyWorker
+from r1ray.workers.weight_sync import Manifest, SyncGroup, SyncGroupSpec
+
+
+class ActorWorker(PolicyWorker):
+    def __init__(self, role: str, rank: int, world_size: int, engine_kind: str, spec: EngineSpec,
+                 loss: LossSettings):
+        super().__init__(role, rank, world_size, engine_kind, spec)
+        self.loss = loss
+        self.sync: SyncGroup | None = None
+
+    def update(self, batch: TrainBatch, *, temperature: float, kl_coef: float, mini_batches: int,
+               ppo_epochs: int) -> dict[str, float]:
+        """ppo_epochs x mini_batches optimizer steps on this rank's share; metrics averaged over steps."""
+        settings = replace(self.loss, kl_coef=kl_coef)
+        totals: dict[str, float] = {}
+        steps = 0
+        for _ in range(ppo_epochs):
+            for mini in split_batch(batch, mini_batches):
+                global_den = torch.tensor([denominator(mini.response_mask, settings.agg)], dtype=torch.float64)
+                if dist.is_initialized():
+                    dist.all_reduce(global_den)
+                loss_fn = ActorLoss(settings, float(global_den), self.world_size)
+                for key, value in self.engine.train_step(mini, loss_fn, temperature).items():
+                    totals[key] = totals.get(key, 0.0) + value
+                steps += 1
+        return {key: value / steps for key, value in totals.items()}
+
+    def weight_manifest(self, dtype: str) -> Manifest:
+        """(name, shape, dtype) of every parameter (tied weights once), cast to the rollout dtype."""
+        model = self.engine.model
+        return [(name, tuple(p.shape), f"torch.{dtype}") for name, p in model.named_parameters()]
+
+    def init_weight_sync(self, spec: SyncGroupSpec) -> None:
+        """Rank 0 joins the weight-sync group as its sender (sync rank 0)."""
+        self.sync = SyncGroup(spec, 0, self.device)
+
+    def send_weights(self, manifest: Manifest) -> str | None:
+        """All ranks gather full weights (a collective); rank 0 broadcasts them. Returns rank 0's checksum."""
+        weights = self.engine.named_full_weights([name for name, _, _ in manifest])
+        if self.rank != 0:
+            for _ in weights:
+                pass
+            return None
+        return self.sync.send(manifest, weights)
+
+    def save(self, path: str) -> None:
+        target = Path(path)
+        target.mkdir(parents=True, exist_ok=True)
+        self.engine.save(target)
+
+    def load(self, path: str) -> None:
+        self.engine.load(Path(path))
+
+    def shutdown(self) -> None:
+        if self.sync is not None:
+            self.sync.close()
+        super().shutdown()

@@ -1,0 +1,73 @@
+"""What every r1ray Ray actor shares: rank bookkeeping and the torch.distributed rendezvous."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import timedelta
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A TCP port that is free on this node right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def node_ip() -> str:
+    """This node's address for rendezvous; loopback on the embedded single-machine cluster, so that no
+    r1ray traffic leaves the machine (the controller sets R1RAY_LOOPBACK there)."""
+    if os.environ.get("R1RAY_LOOPBACK") == "1":
+        return "127.0.0.1"
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
+def pick_device() -> torch.device:
+    """The GPU Ray assigned to this actor, or the CPU."""
+    if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES", "") != "":
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+class Worker:
+    """Base of all role workers. Subclasses build their engines in `setup`, after the rendezvous."""
+
+    def __init__(self, role: str, rank: int, world_size: int):
+        self.role = role
+        self.rank = rank
+        self.world_size = world_size
+        self.device = pick_device()
+
+    def ping(self) -> str:
+        return f"{self.role}:{self.rank}"
+
+    def address(self) -> tuple[str, int]:
+        """Host and a free port, asked of rank 0 to host the group's rendezvous."""
+        return node_ip(), free_port()
+
+    def init_distributed(self, master_addr: str, master_port: int, timeout_s: float) -> None:
+        """Join this role's torch.distributed world (NCCL on GPU, gloo on CPU)."""
+        import torch.distributed as dist
+
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        dist.init_process_group(backend=backend, rank=self.rank, world_size=self.world_size,
+                                timeout=timedelta(seconds=timeout_s))
+        logger.info("%s rank %d/%d joined %s group at %s:%d", self.role, self.rank, self.world_size,
+                    backend, master_addr, master_port)
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

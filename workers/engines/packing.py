@@ -1,0 +1,90 @@
+"""Packed forward passes: many sequences in one row, no padding, logits only where they are needed.
+
+Sequences are laid end to end in a (1, S) row with position ids restarting at 0 for each sequence;
+Hugging Face models turn restarting position ids into a block-diagonal causal mask (flash-attention
+varlen on GPU, a packed mask for sdpa/eager), so sequences never attend to each other. The logits are
+computed only at the positions that predict response tokens (`logits_to_keep` as an index tensor),
+which keeps the (S, vocab) logits matrix of long prompts out of memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from r1ray.protocol import length_mask, unpack
+
+
+@dataclass
+class PackedInputs:
+    input_ids: Tensor        # (1, S) int64, all sequences end to end
+    position_ids: Tensor     # (1, S) int64, restarting at 0 per sequence
+    keep: Tensor             # (K,) int64 positions whose logits predict a response token
+    targets: Tensor          # (K,) int64 the response token each kept position predicts
+    response_lens: Tensor    # (B,) int64
+    width: int               # R of the (B, R) outputs
+
+
+def pack_for_forward(tokens: Tensor, cu_seqlens: Tensor, prompt_lens: Tensor, width: int) -> PackedInputs:
+    """Lay out B sequences (packed `tokens` cut by `cu_seqlens`) for one packed forward pass."""
+    seqs = unpack(tokens, cu_seqlens)
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1])
+    positions = torch.cat([torch.arange(int(n)) for n in lengths]) if len(seqs) else torch.zeros(0, dtype=torch.int64)
+    keep, targets = [], []
+    for start, seq, p in zip(cu_seqlens[:-1].tolist(), seqs, prompt_lens.tolist()):
+        # The logit at position j predicts token j + 1; response tokens are p .. len-1.
+        keep.append(torch.arange(start + p - 1, start + len(seq) - 1))
+        targets.append(seq[p:])
+    return PackedInputs(
+        input_ids=tokens[None, :], position_ids=positions[None, :],
+        keep=torch.cat(keep) if keep else torch.zeros(0, dtype=torch.int64),
+        targets=torch.cat(targets) if targets else torch.zeros(0, dtype=torch.int64),
+        response_lens=lengths - prompt_lens, width=width)
+
+
+def token_logprobs(logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    """(K, V) logits, (K,) targets -> (K,) log p(target) at the sampling temperature, in float32."""
+    scaled = logits.float() / (temperature if temperature > 0 else 1.0)
+    return scaled.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
+
+
+def token_entropy(logits: Tensor, temperature: float) -> Tensor:
+    """(K, V) -> (K,) entropy of the sampling distribution, in float32."""
+    scaled = logits.float() / (temperature if temperature > 0 else 1.0)
+    logp = torch.log_softmax(scaled, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def forward_response(model: torch.nn.Module, packed: PackedInputs, device: torch.device, temperature: float,
+                     with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+    """Logprobs (and optionally entropy) of every response token, each (B, R), on `device`."""
+    out = model(input_ids=packed.input_ids.to(device), position_ids=packed.position_ids.to(device),
+                logits_to_keep=packed.keep.to(device), use_cache=False)
+    logits = out.logits[0]                                     # (K, V)
+    logp = token_logprobs(logits, packed.targets.to(device), temperature)
+    ent = token_entropy(logits, temperature) if with_entropy else None
+    width = packed.width
+    mask = length_mask(packed.response_lens, width).to(device).bool()
+    logp_mat = torch.zeros(mask.shape, dtype=logp.dtype, device=device).masked_scatter(mask, logp)
+    ent_mat = None
+    if ent is not None:
+        ent_mat = torch.zeros(mask.shape, dtype=ent.dtype, device=device).masked_scatter(mask, ent)
+    return logp_mat, ent_mat
+
+
+def balanced_chunks(lengths: list[int], k: int) -> list[list[int]]:
+    """Rows -> exactly k micro-batches with near-equal token counts (longest-first into the lightest bin).
+
+    Data-parallel ranks must run the same number of forward passes (each one all-gathers shards), so
+    every rank cuts its rows into the same k, agreed through an all-reduce of each rank's need. Rows keep
+    their original order inside a bin; a bin may be empty when a rank has fewer rows than k.
+    """
+    bins: list[list[int]] = [[] for _ in range(k)]
+    load = [0] * k
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        lightest = min(range(k), key=lambda b: load[b])
+        bins[lightest].append(i)
+        load[lightest] += lengths[i]
+    return [sorted(b) for b in bins]

@@ -1,0 +1,94 @@
+"""A WorkerGroup: the N Ray actors of one role, addressed together.
+
+Thin by design (DESIGN §7): no method binding by reflection, no generated classes. The controller names
+the method it calls; `call` blocks and returns every rank's result, `call_async` returns the Ray refs so
+independent calls on different groups can run at the same time; `scatter_async` cuts a batch by rank.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import ray
+
+from r1ray.protocol import concat_batches, split_batch
+from r1ray.workers.placement import WorkerSlot
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerStartupError(RuntimeError):
+    """A role's workers did not come up in time; the message names the role and the missing ranks."""
+
+
+class WorkerGroup:
+    def __init__(self, role: str, worker_cls: type, slots: Sequence[WorkerSlot], *, startup_timeout_s: float,
+                 distributed: bool, init_kwargs: dict[str, Any] | None = None,
+                 env_vars: dict[str, str] | None = None):
+        self.role = role
+        self.slots = list(slots)
+        self.startup_timeout_s = startup_timeout_s
+        self.workers = self._build_workers(worker_cls, init_kwargs or {}, env_vars or {})
+        self._wait("ping", [w.ping.remote() for w in self.workers])
+        if distributed:
+            self._build_process_group()
+
+    @property
+    def world_size(self) -> int:
+        return len(self.workers)
+
+    def _build_workers(self, worker_cls: type, init_kwargs: dict[str, Any], env_vars: dict[str, str]) -> list:
+        remote_cls = ray.remote(worker_cls)
+        workers = []
+        for slot in self.slots:
+            threads = str(max(1, int(slot.num_cpus)))
+            env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
+                   **env_vars}
+            options = {**slot.options(), "name": None, "runtime_env": {"env_vars": env}}
+            workers.append(remote_cls.options(**options).remote(
+                role=self.role, rank=slot.rank, world_size=len(self.slots), **init_kwargs))
+        return workers
+
+    def _build_process_group(self) -> None:
+        master_addr, master_port = self._wait("address", [self.workers[0].address.remote()])[0]
+        refs = [w.init_distributed.remote(master_addr, master_port, self.startup_timeout_s) for w in self.workers]
+        self._wait("init_distributed", refs)
+
+    def _wait(self, what: str, refs: list) -> list:
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.startup_timeout_s)
+        if pending:
+            missing = [i for i, r in enumerate(refs) if r in pending]
+            for w in self.workers:
+                ray.kill(w)
+            raise WorkerStartupError(
+                f"role '{self.role}': ranks {missing} did not finish {what} within {self.startup_timeout_s:g}s "
+                f"(check the cluster has free resources for this role and the worker logs under /tmp/ray)")
+        return ray.get(refs)
+
+    def ping(self) -> list[str]:
+        return self.call("ping")
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """Run `method` on every rank with the same arguments; wait and return all results."""
+        return ray.get(self.call_async(method, *args, **kwargs))
+
+    def call_async(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
+        return [getattr(w, method).remote(*args, **kwargs) for w in self.workers]
+
+    def call_rank0_async(self, method: str, *args: Any, **kwargs: Any) -> ray.ObjectRef:
+        return getattr(self.workers[0], method).remote(*args, **kwargs)
+
+    def scatter_async(self, method: str, batch: Any, *, even: bool = True, **kwargs: Any) -> list[ray.ObjectRef]:
+        """Split `batch` into world_size contiguous parts and send part i to rank i (see `split_batch`)."""
+        parts = split_batch(batch, self.world_size, even=even)
+        return [getattr(w, method).remote(part, **kwargs) for w, part in zip(self.workers, parts)]
+
+    @staticmethod
+    def gather(refs: Sequence[ray.ObjectRef]) -> Any:
+        """Wait for per-rank batches and concatenate them back in rank order."""
+        return concat_batches(ray.get(list(refs)))
+
+    def kill(self) -> None:
+        for w in self.workers:
+            ray.kill(w, no_restart=True)

@@ -1,0 +1,162 @@
+"""Placement as data: resource pools (nodes x devices) and a mapping role -> pool (DESIGN §4).
+
+Roles mapped to the same pool are colocated: each bundle of the pool hosts one worker of every such
+role, each asking for an equal fraction of the bundle, so Ray packs them together. Roles on different
+pools get their own bundles. The whole plan is checked against the cluster's resources before any
+actor starts, and the rank -> node/bundle table is logged once the placement groups are ready.
+
+Python API example (actor and reference share 8 GPUs, 4 rollout engines on another node, reward on CPUs):
+
+    Placement(
+        pools={"train": ResourcePool(nodes=1, devices_per_node=8, device="gpu"),
+               "gen": ResourcePool(nodes=1, devices_per_node=4, device="gpu"),
+               "cpu": ResourcePool(nodes=1, devices_per_node=4, device="cpu")},
+        roles={"actor": "train", "ref": "train", "rollout": "gen", "reward": "cpu"},
+    )
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("actor", "ref", "rollout", "reward")
+
+
+class PlacementError(RuntimeError):
+    """The placement cannot be satisfied; the message says which resource is short and by how much."""
+
+
+@dataclass(frozen=True)
+class ResourcePool:
+    nodes: int = 1                 # placement groups, one per node (STRICT_PACK keeps a node's bundles together)
+    devices_per_node: int = 1      # bundles per node: GPUs, or CPU slots for a CPU pool
+    device: str = "cpu"            # "cpu" | "gpu"
+    cpus_per_bundle: float = 1.0   # CPUs reserved per bundle (beside the GPU for a GPU pool)
+
+    @property
+    def size(self) -> int:
+        return self.nodes * self.devices_per_node
+
+    def bundle(self) -> dict[str, float]:
+        if self.device == "gpu":
+            return {"GPU": 1.0, "CPU": self.cpus_per_bundle}
+        return {"CPU": self.cpus_per_bundle}
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """Where one worker of a role runs: a bundle of a placement group and its share of that bundle."""
+
+    role: str
+    rank: int
+    pool: str
+    node_index: int
+    bundle_index: int
+    placement_group: Any = field(repr=False)
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def options(self) -> dict[str, Any]:
+        """Ray actor options that pin the worker to its bundle."""
+        strategy = PlacementGroupSchedulingStrategy(
+            placement_group=self.placement_group, placement_group_bundle_index=self.bundle_index,
+            placement_group_capture_child_tasks=False)
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "scheduling_strategy": strategy}
+
+
+@dataclass(frozen=True)
+class Placement:
+    pools: Mapping[str, ResourcePool]
+    roles: Mapping[str, str]       # role -> pool name
+
+    @classmethod
+    def from_config(cls, placement_cfg: Any) -> "Placement":
+        pools = {name: ResourcePool(p.nodes, p.devices_per_node, p.device, p.cpus_per_bundle)
+                 for name, p in placement_cfg.pools.items()}
+        return cls(pools=pools, roles={role: getattr(placement_cfg, role) for role in ROLES})
+
+    def sharing(self, pool: str) -> list[str]:
+        """Roles colocated on `pool`, in ROLES order."""
+        return [role for role in ROLES if self.roles.get(role) == pool]
+
+    def required(self) -> dict[str, float]:
+        """Total resources of all pools in use."""
+        total: dict[str, float] = {}
+        for name in set(self.roles.values()):
+            pool = self.pools[name]
+            for key, amount in pool.bundle().items():
+                total[key] = total.get(key, 0.0) + amount * pool.size
+        return total
+
+    def validate(self, cluster: Mapping[str, float], nodes: list[Mapping[str, float]] | None = None) -> None:
+        """Raise PlacementError naming every shortfall, before any actor starts."""
+        for role, pool in self.roles.items():
+            if pool not in self.pools:
+                raise PlacementError(f"role '{role}' maps to undefined pool '{pool}' (pools: {', '.join(self.pools)})")
+        problems = []
+        for key, need in sorted(self.required().items()):
+            have = float(cluster.get(key, 0.0))
+            if need > have + 1e-9:
+                problems.append(f"{key}: placement needs {need:g}, cluster has {have:g} (short by {need - have:g})")
+        if nodes is not None:
+            problems += self._node_problems(nodes)
+        if problems:
+            raise PlacementError("placement does not fit the cluster: " + "; ".join(problems))
+
+    def _node_problems(self, nodes: list[Mapping[str, float]]) -> list[str]:
+        problems = []
+        for name in sorted(set(self.roles.values())):
+            pool = self.pools[name]
+            per_node = {k: v * pool.devices_per_node for k, v in pool.bundle().items()}
+            fitting = sum(all(n.get(k, 0.0) + 1e-9 >= v for k, v in per_node.items()) for n in nodes)
+            if fitting < pool.nodes:
+                problems.append(f"pool '{name}' needs {pool.nodes} node(s) with {per_node} each, "
+                                f"only {fitting} node(s) have that much")
+        return problems
+
+    def create(self, timeout_s: float) -> dict[str, list[WorkerSlot]]:
+        """Reserve the placement groups and return the worker slots of every role."""
+        self.validate(ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+        slots: dict[str, list[WorkerSlot]] = {role: [] for role in self.roles}
+        for name in sorted(set(self.roles.values())):
+            pool = self.pools[name]
+            groups = [placement_group([pool.bundle()] * pool.devices_per_node, strategy="STRICT_PACK",
+                                      name=f"r1ray-{name}-{i}") for i in range(pool.nodes)]
+            ready, _ = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=timeout_s)
+            if len(ready) < len(groups):
+                raise PlacementError(f"pool '{name}': only {len(ready)} of {len(groups)} placement groups became "
+                                     f"ready within {timeout_s:g}s; the cluster lacks {pool.bundle()} x "
+                                     f"{pool.devices_per_node} on {pool.nodes} node(s)")
+            self._fill_slots(name, pool, groups, slots)
+        log_rank_table(slots)
+        return slots
+
+    def _fill_slots(self, name: str, pool: ResourcePool, groups: list[PlacementGroup],
+                    slots: dict[str, list[WorkerSlot]]) -> None:
+        roles = self.sharing(name)
+        share = 1.0 / len(roles)
+        for role in roles:
+            for node_index, group in enumerate(groups):
+                for bundle_index in range(pool.devices_per_node):
+                    slots[role].append(WorkerSlot(
+                        role=role, rank=len(slots[role]), pool=name, node_index=node_index,
+                        bundle_index=bundle_index, placement_group=group,
+                        num_cpus=pool.cpus_per_bundle * share,
+                        num_gpus=share if pool.device == "gpu" else 0.0))
+
+
+def log_rank_table(slots: Mapping[str, list[WorkerSlot]]) -> None:
+    lines = ["role     rank  pool        node  bundle  cpus   gpus"]
+    for role, role_slots in slots.items():
+        for s in role_slots:
+            lines.append(f"{role:<8} {s.rank:>4}  {s.pool:<10} {s.node_index:>5} {s.bundle_index:>7}  "
+                         f"{s.num_cpus:<5.2f}  {s.num_gpus:.2f}")
+    logger.info("worker placement:\n%s", "\n".join(lines))

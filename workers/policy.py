@@ -1,0 +1,27 @@
+"""What the actor and the reference share: a TrainEngine over a policy and per-token logprobs."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from r1ray.protocol import TrainBatch
+from r1ray.workers.base import Worker
+from r1ray.workers.engines import EngineSpec, TrainEngine, build_train_engine
+
+
+class PolicyWorker(Worker):
+    """Base of ActorWorker and RefWorker; the engine is built in `setup`, after the rendezvous."""
+
+    def __init__(self, role: str, rank: int, world_size: int, engine_kind: str, spec: EngineSpec):
+        super().__init__(role, rank, world_size)
+        self.engine_kind = engine_kind
+        self.spec = spec
+        self.engine: TrainEngine | None = None
+
+    def setup(self) -> None:
+        self.engine = build_train_engine(self.engine_kind, self.spec, self.device)
+
+    def compute_logprobs(self, batch: TrainBatch, temperature: float) -> Tensor:
+        """(b, R) logprobs of this rank's share of the batch, no grad."""
+        logprobs, _ = self.engine.forward_logprobs(batch, temperature)
+        return logprobs
