@@ -31,7 +31,9 @@ def connect(address: str, *, num_cpus: int, needed_cpus: float, dashboard: bool,
                        "it can run code on this machine (set RAY_AUTH_MODE=token or bind to 127.0.0.1)",
                        dashboard_host)
     cpus = num_cpus or max(os.cpu_count() or 1, math.ceil(needed_cpus))
-    ray.init(num_cpus=cpus, namespace=namespace, include_dashboard=dashboard, dashboard_host=dashboard_host,
+    # address="local" starts our own cluster even when a `ray start` head runs on this machine
+    # (plain ray.init() would attach to it and ignore num_cpus).
+    ray.init(address="local", num_cpus=cpus, namespace=namespace, include_dashboard=dashboard, dashboard_host=dashboard_host,
              _node_ip_address="127.0.0.1", log_to_driver=True,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "R1RAY_LOOPBACK": "1"}})
     return f"local cluster on 127.0.0.1 with {cpus} CPUs"
