@@ -25,10 +25,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from r1ray.models.export import copy_model_files
+
 logger = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
 
 
 @dataclass
@@ -61,7 +62,8 @@ class CheckpointManager:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         write_actor(tmp / "actor")
-        self._copy_hf_files(Path(model_path), tmp / "hf")
+        if Path(model_path).is_dir():
+            copy_model_files(Path(model_path), tmp / "hf")
         (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__, indent=2))
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / "config.yaml").write_text(config_yaml)
@@ -72,16 +74,6 @@ class CheckpointManager:
         logger.info("checkpoint written: %s", final)
         self._prune()
         return final
-
-    @staticmethod
-    def _copy_hf_files(model_path: Path, dest: Path) -> None:
-        """Config, generation config and tokenizer files: everything of the model directory but weights."""
-        dest.mkdir(parents=True, exist_ok=True)
-        if not model_path.is_dir():
-            return
-        for item in model_path.iterdir():
-            if item.is_file() and not item.name.endswith(WEIGHT_SUFFIXES):
-                shutil.copy2(item, dest / item.name)
 
     def complete(self) -> list[Path]:
         """Complete checkpoints, oldest first."""

@@ -22,6 +22,16 @@ def _train_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sft_cmd(args: argparse.Namespace) -> int:
+    from r1ray.config import load_config
+    from r1ray.controller.sft import run_sft
+
+    cfg = load_config(args.config, args.overrides)
+    logging.getLogger().setLevel(cfg.logging.level)
+    print(f"done: SFT model in {run_sft(cfg)}")
+    return 0
+
+
 def _export_cmd(args: argparse.Namespace) -> int:
     from r1ray.controller.export import export_checkpoint
 
@@ -34,6 +44,10 @@ def add_train_commands(sub: argparse._SubParsersAction, add_config_args: Callabl
     p = sub.add_parser("train", help="run GRPO (starts or joins a Ray cluster)")
     add_config_args(p, required=True)
     p.set_defaults(func=_train_cmd)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on the actor engine (cold start, rejection-sampled data)")
+    add_config_args(p, required=True)
+    p.set_defaults(func=_sft_cmd)
 
     p = sub.add_parser("export", help="write a checkpoint's policy in Hugging Face format")
     p.add_argument("checkpoint", help="a step_* directory under <output_dir>/checkpoints")

@@ -6,12 +6,12 @@ reassembles full tensors into a model built from the checkpoint's saved config.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+
+from r1ray.models.export import write_hf_model
 
 
 def export_checkpoint(checkpoint: Path, out: Path) -> Path:
@@ -21,18 +21,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
 
     read_checkpoint(checkpoint)  # refuses incomplete checkpoints with a clear message
     hf = checkpoint / "hf"
-    config = AutoConfig.from_pretrained(hf)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    state = {"model": model.state_dict()}
+    skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(hf), dtype=torch.float32)
+    state = {"model": skeleton.state_dict()}
     dcp.load(state, checkpoint_id=str(checkpoint / "actor" / "engine"))
-    model.load_state_dict(state["model"])
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    for item in hf.iterdir():
-        if not (tmp / item.name).exists():
-            shutil.copy2(item, tmp / item.name)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return write_hf_model(state["model"], hf, out)

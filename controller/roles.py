@@ -33,11 +33,18 @@ class Roles:
         return [g for g in (self.actor, self.ref, self.rollout, self.reward) if g is not None]
 
     def shutdown(self) -> None:
-        for group in self.all():
-            try:
-                group.call("shutdown")
-            finally:
-                group.kill()
+        shutdown_groups(self.all())
+
+
+def shutdown_groups(groups: list[WorkerGroup]) -> None:
+    """Close workers (process groups, subprocess pools), kill them, and free their placement groups."""
+    for group in groups:
+        try:
+            group.call("shutdown")
+        finally:
+            group.kill()
+    for pg in {id(s.placement_group): s.placement_group for g in groups for s in g.slots}.values():
+        ray.util.remove_placement_group(pg)
 
 
 def engine_spec(cfg: R1RayConfig, total_optimizer_steps: int) -> EngineSpec:
@@ -71,11 +78,12 @@ def rollout_kwargs(cfg: R1RayConfig) -> dict:
 
 def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
     """Reserve resources, start every group, build engines, and connect the weight-sync group."""
-    slots = placement.create(cfg.trainer.startup_timeout_s)
+    use_ref = cfg.algorithm.kl_placement != "none"
+    wanted = ["actor", "rollout", "reward"] + (["ref"] if use_ref else [])
+    slots = placement.only(wanted).create(cfg.trainer.startup_timeout_s)
     timeout = cfg.trainer.startup_timeout_s
     total_opt_steps = cfg.trainer.total_steps * cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
     spec = engine_spec(cfg, total_opt_steps)
-    use_ref = cfg.algorithm.kl_placement != "none"
     tp = cfg.rollout.tensor_parallel_size
     actor = WorkerGroup("actor", ActorWorker, slots["actor"], startup_timeout_s=timeout, distributed=True,
                         init_kwargs=dict(engine_kind=cfg.actor.engine, spec=spec, loss=loss_settings(cfg)))

@@ -8,6 +8,7 @@ the defaults, then dotted `key=value` overrides over the YAML — and the cross-
 
 from __future__ import annotations
 
+import copy
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +22,8 @@ def _f(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: _copy(default), metadata=meta)
     if is_dataclass(default):
-        return field(default_factory=lambda: default, metadata=meta)
+        # A fresh copy per instance: sections hold lists, which frozen dataclasses do not protect.
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -195,6 +197,49 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class SFTConfig:
+    train_files: list[str] = _f([], "JSONL/Parquet rows with 'prompt' (string or chat messages) and 'response' for SFT.")
+    generate_cold_start: bool = _f(False, "Write cold-start SFT rows (worked solutions) from data.generate's task when no files are given.")
+    cold_start_size: int = _f(256, "Rows of generated cold-start SFT data.")
+    epochs: int = _f(1, "Passes over the SFT data.")
+    max_steps: int = _f(0, "Stop SFT after this many optimizer steps; 0 runs all epochs.")
+    sequences_per_step: int = _f(32, "Sequences per SFT optimizer step (split over actor ranks).")
+    lr: float = _f(0.0, "SFT learning rate; 0 uses actor.lr.")
+    max_length: int = _f(1024, "Prompt+response longer than this many tokens is dropped (and counted).")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    k: int = _f(8, "Samples per prompt for rejection sampling / distillation.")
+    temperature: float = _f(0.8, "Sampling temperature for rejection sampling.")
+    keep_per_prompt: int = _f(1, "Correct samples kept per prompt (after filters and de-duplication).")
+    out_file: str = _f("", "Output JSONL of SFT rows; empty writes <output_dir>/sampled_sft.jsonl.")
+    teacher_path: str = _f("", "Distillation: sample with this model instead of model.path.")
+    filter_language: str = _f("en", "Drop responses whose reasoning is not in this language ('' keeps all).")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n: int = _f(4, "Samples per prompt for `r1ray eval` (pass@1 is averaged over them).")
+    temperature: float = _f(0.6, "Sampling temperature for `r1ray eval` (R1 reports 0.6).")
+    top_p: float = _f(0.95, "Nucleus threshold for `r1ray eval` (R1 reports 0.95).")
+    ks: list[int] = _f([1], "k values of unbiased pass@k to report (each <= n).")
+    out_file: str = _f("", "Result JSON; empty writes <output_dir>/eval.json.")
+    behaviour_words: dict[str, list[str]] = _f(
+        {"reflection": ["wait", "however", "reflect", "re-examine", "rethink"],
+         "verification": ["verify", "check", "confirm", "double-check"],
+         "correction": ["correct", "revise", "adjust", "mistake"]},
+        "Word lists of the behaviour/* metrics (reflection, verification, correction rates).")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    name: str = _f("", "Stage name; its outputs go to <trainer.output_dir>/<index>_<name>.")
+    kind: str = _f("grpo", "What the stage runs.", ("sft", "grpo", "sample", "eval"))
+    overrides: list[str] = _f([], "key=value overrides applied to the base config for this stage only.")
+
+
+@dataclass(frozen=True)
 class R1RayConfig:
     model: ModelConfig = _f(ModelConfig(), "The policy and reference models.")
     data: DataConfig = _f(DataConfig(), "Prompt datasets.")
@@ -206,6 +251,10 @@ class R1RayConfig:
     trainer: TrainerConfig = _f(TrainerConfig(), "Training loop, checkpoints, evaluation.")
     logging: LoggingConfig = _f(LoggingConfig(), "Trackers.")
     ray: RayConfig = _f(RayConfig(), "The Ray cluster.")
+    sft: SFTConfig = _f(SFTConfig(), "Supervised fine-tuning (cold start, rejection-sampled data).")
+    sample: SampleConfig = _f(SampleConfig(), "Rejection sampling into SFT data, and distillation.")
+    eval: EvalConfig = _f(EvalConfig(), "`r1ray eval`: pass@k, majority vote, behaviour rates.")
+    stages: list[StageConfig] = _f([], "Pipeline stages run in order by `r1ray train` (e.g. sft -> grpo); empty: one GRPO run.")
 
 
 def field_help(cls: type = R1RayConfig, prefix: str = "") -> list[tuple[str, Any, str]]:

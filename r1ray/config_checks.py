@@ -31,8 +31,9 @@ def _choices(node: Any, prefix: str) -> list[str]:
         key = prefix + f.name
         if is_dataclass(value):
             problems += _choices(value, key + ".")
-        elif isinstance(value, dict):
-            for name, sub in value.items():
+        elif isinstance(value, (dict, list)):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for name, sub in items:
                 if is_dataclass(sub):
                     problems += _choices(sub, f"{key}.{name}.")
         elif "choices" in f.metadata and value not in f.metadata["choices"]:

@@ -35,7 +35,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     _deep_merge(user, _parse_overrides(overrides))
     problems = _unknown_keys(user, R1RayConfig, "")
     unknown = {line.split(":", 1)[0] for line in problems}
-    problems += [p for p in _type_problems(user) if not any(p.startswith(u) for u in unknown)]
+    # Unknown keys are already reported with a suggestion; OmegaConf would name them a second time.
+    problems += [p for p in _type_problems(user)
+                 if not any(p.startswith(u) for u in unknown) and " not in '" not in p]
     if problems:
         raise ConfigError(problems)
     with warnings.catch_warnings():
@@ -110,6 +112,9 @@ def _unknown_keys(user: Any, cls: type, prefix: str) -> list[str]:
         elif get_origin(kind) is dict and is_dataclass(get_args(kind)[1]) and isinstance(value, dict):
             for name, sub in value.items():
                 problems += _unknown_keys(sub, get_args(kind)[1], f"{prefix}{key}.{name}.")
+        elif get_origin(kind) is list and is_dataclass(get_args(kind)[0]) and isinstance(value, list):
+            for index, sub in enumerate(value):
+                problems += _unknown_keys(sub, get_args(kind)[0], f"{prefix}{key}[{index}].")
     return problems
 
 

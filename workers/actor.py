@@ -10,7 +10,8 @@ import torch.distributed as dist
 
 from r1ray.protocol import TrainBatch, split_batch
 from r1ray.workers.engines import EngineSpec
-from r1ray.workers.losses import ActorLoss, LossSettings, denominator
+from r1ray.models.export import write_hf_model
+from r1ray.workers.losses import ActorLoss, LossSettings, SFTLoss, denominator
 from r1ray.workers.policy import PolicyWorker
 from r1ray.workers.weight_sync import Manifest, SyncGroup, SyncGroupSpec
 
@@ -38,6 +39,20 @@ class ActorWorker(PolicyWorker):
                     totals[key] = totals.get(key, 0.0) + value
                 steps += 1
         return {key: value / steps for key, value in totals.items()}
+
+    def sft_update(self, batch: TrainBatch) -> dict[str, float]:
+        """One SFT optimizer step (response-token NLL) on this rank's share of the batch."""
+        tokens = torch.tensor([float(batch.response_mask.sum())], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(tokens)
+        return self.engine.train_step(batch, SFTLoss(float(tokens), self.world_size), temperature=1.0)
+
+    def save_hf(self, out: str) -> str | None:
+        """Write the current policy as a Hugging Face model (all ranks gather; rank 0 writes)."""
+        weights = {name: t.cpu() for name, t in self.engine.named_full_weights()}
+        if self.rank != 0:
+            return None
+        return str(write_hf_model(weights, Path(self.spec.model_path), Path(out)))
 
     def weight_manifest(self, dtype: str) -> Manifest:
         """(name, shape, dtype) of every parameter (tied weights once), cast to the rollout dtype."""

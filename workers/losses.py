@@ -71,3 +71,20 @@ class ActorLoss:
         weight = denominator(mask, s.agg) / self.global_denominator * self.world_size
         return loss * weight, out
 
+
+
+class SFTLoss:
+    """Token-mean negative log-likelihood of the response tokens over the whole mini-batch (LossFn)."""
+
+    def __init__(self, global_tokens: float, world_size: int):
+        self.global_tokens = max(global_tokens, 1.0)
+        self.world_size = world_size
+
+    def __call__(self, micro: TrainBatch, logprobs: Tensor, entropy: Tensor | None) -> tuple[Tensor, dict[str, float]]:
+        mask = micro.response_mask.to(logprobs.device)
+        nll_sum = -(logprobs * mask).sum()
+        tokens = float(mask.sum())
+        metrics = {"sft/nll": float(nll_sum.detach()) / max(tokens, 1.0)}
+        if entropy is not None:
+            metrics["actor/entropy"] = float((entropy.detach() * mask).sum()) / max(tokens, 1.0)
+        return nll_sum / self.global_tokens * self.world_size, metrics

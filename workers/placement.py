@@ -83,6 +83,10 @@ class Placement:
                  for name, p in placement_cfg.pools.items()}
         return cls(pools=pools, roles={role: getattr(placement_cfg, role) for role in ROLES})
 
+    def only(self, roles: list[str]) -> "Placement":
+        """The same pools with just these roles (e.g. SFT needs only the actor)."""
+        return Placement(pools=self.pools, roles={r: p for r, p in self.roles.items() if r in roles})
+
     def sharing(self, pool: str) -> list[str]:
         """Roles colocated on `pool`, in ROLES order."""
         return [role for role in ROLES if self.roles.get(role) == pool]

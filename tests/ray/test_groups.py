@@ -1,0 +1,165 @@
+"""Worker groups and placement on a real local Ray cluster: calls, scatter/gather, the torch.distributed
+rendezvous over gloo, placement validation, colocated shares and the startup timeout."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+import ray
+import torch
+import torch.distributed as dist
+from ray.util.placement_group import remove_placement_group
+
+from r1ray.protocol import PromptBatch
+from r1ray.workers.base import Worker
+from r1ray.workers.group import WorkerGroup, WorkerStartupError
+from r1ray.workers.placement import Placement, PlacementError, ResourcePool
+
+pytestmark = pytest.mark.timeout(120)
+
+# Ray workers cannot import this test module: ship the worker classes below by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class EchoWorker(Worker):
+    """A minimal role: reports who it is, transforms its share of a batch, joins collectives."""
+
+    def __init__(self, role: str, rank: int, world_size: int, tag: str):
+        super().__init__(role, rank, world_size)
+        self.tag = tag
+
+    def describe(self, suffix: str) -> str:
+        return f"{self.tag}:{self.rank}/{self.world_size}:{suffix}"
+
+    def mark(self, batch: PromptBatch, *, offset: int) -> PromptBatch:
+        """Tag each row with this rank and shift its index, so the test sees which rank had which row."""
+        return PromptBatch(prompt_ids=batch.prompt_ids, ground_truths=batch.ground_truths,
+                           data_sources=[f"rank{self.rank}"] * len(batch), extra_infos=batch.extra_infos,
+                           indices=[i + offset for i in batch.indices])
+
+    def sum_of_ranks(self) -> tuple[str, float]:
+        value = torch.tensor([float(self.rank + 1)])
+        dist.all_reduce(value)
+        return dist.get_backend(), float(value)
+
+
+class SlowWorker(Worker):
+    def __init__(self, role: str, rank: int, world_size: int, delay_s: float):
+        super().__init__(role, rank, world_size)
+        time.sleep(delay_s)
+
+
+def _slots(pool_name: str, role: str, size: int, cpus: float = 0.5):
+    placement = Placement(pools={pool_name: ResourcePool(devices_per_node=size, cpus_per_bundle=cpus)},
+                          roles={role: pool_name})
+    return placement.create(timeout_s=60)[role]
+
+
+def _release(slots) -> None:
+    for group in {id(s.placement_group): s.placement_group for s in slots}.values():
+        remove_placement_group(group)
+
+
+@pytest.fixture(scope="module")
+def echo_group(ray_cluster):
+    slots = _slots("echo", "actor", 2)
+    group = WorkerGroup("actor", EchoWorker, slots, startup_timeout_s=60, distributed=True,
+                        init_kwargs={"tag": "echo"})
+    yield group
+    group.call("shutdown")
+    group.kill()
+    _release(slots)
+
+
+def test_ping_call_and_call_async(echo_group):
+    assert echo_group.world_size == 2
+    assert echo_group.ping() == ["actor:0", "actor:1"]
+    assert echo_group.call("describe", "x") == ["echo:0/2:x", "echo:1/2:x"]
+    refs = echo_group.call_async("describe", suffix="y")
+    assert all(isinstance(r, ray.ObjectRef) for r in refs)
+    assert ray.get(refs) == ["echo:0/2:y", "echo:1/2:y"]
+    assert ray.get(echo_group.call_rank0_async("describe", "z")) == "echo:0/2:z"
+
+
+def test_scatter_and_gather_keep_row_order(echo_group):
+    batch = PromptBatch(prompt_ids=[[i] * (i + 1) for i in range(6)], ground_truths=[str(i) for i in range(6)],
+                        data_sources=["src"] * 6, extra_infos=[{"i": i} for i in range(6)], indices=list(range(6)))
+    out = echo_group.gather(echo_group.scatter_async("mark", batch, offset=100))
+    assert out.indices == [100 + i for i in range(6)]
+    assert out.prompt_ids == batch.prompt_ids
+    assert out.extra_infos == batch.extra_infos
+    # Contiguous chunks: the first half went to rank 0, the second half to rank 1.
+    assert out.data_sources == ["rank0"] * 3 + ["rank1"] * 3
+
+
+def test_uneven_scatter_allows_short_parts(echo_group):
+    batch = PromptBatch(prompt_ids=[[1], [2], [3]], ground_truths=["a", "b", "c"], data_sources=["s"] * 3,
+                        extra_infos=[{}, {}, {}], indices=[0, 1, 2])
+    with pytest.raises(ValueError, match="3 sequences into 2"):
+        echo_group.scatter_async("mark", batch, offset=0)
+    out = echo_group.gather(echo_group.scatter_async("mark", batch, even=False, offset=0))
+    assert out.data_sources == ["rank0", "rank0", "rank1"]
+
+
+def test_rendezvous_all_reduce_over_gloo(echo_group):
+    assert echo_group.call("sum_of_ranks") == [("gloo", 3.0), ("gloo", 3.0)]
+    # R1RAY_LOOPBACK reached the workers through the job's runtime_env: rendezvous stays on 127.0.0.1.
+    host, port = ray.get(echo_group.call_rank0_async("address"))
+    assert host == "127.0.0.1" and port > 0
+
+
+def test_validate_names_short_resource_without_a_cluster():
+    placement = Placement(pools={"train": ResourcePool(nodes=2, devices_per_node=4, device="gpu", cpus_per_bundle=2),
+                                 "cpu": ResourcePool(devices_per_node=4)},
+                          roles={"actor": "train", "ref": "train", "rollout": "train", "reward": "cpu"})
+    assert placement.required() == {"GPU": 8.0, "CPU": 20.0}
+    with pytest.raises(PlacementError, match=r"GPU: placement needs 8, cluster has 4 \(short by 4\)") as err:
+        placement.validate({"CPU": 64.0, "GPU": 4.0})
+    assert "CPU" not in str(err.value)
+    # Enough GPUs in total, but not 4 of them on each of two nodes.
+    with pytest.raises(PlacementError, match=r"pool 'train' needs 2 node\(s\)"):
+        placement.validate({"CPU": 64.0, "GPU": 8.0}, nodes=[{"CPU": 32.0, "GPU": 6.0}, {"CPU": 32.0, "GPU": 2.0}])
+    placement.validate({"CPU": 64.0, "GPU": 8.0}, nodes=[{"CPU": 32.0, "GPU": 4.0}, {"CPU": 32.0, "GPU": 4.0}])
+
+
+def test_validate_rejects_undefined_pool():
+    placement = Placement(pools={"train": ResourcePool()}, roles={"actor": "train", "rollout": "gen"})
+    with pytest.raises(PlacementError, match="role 'rollout' maps to undefined pool 'gen'"):
+        placement.validate({"CPU": 8.0})
+
+
+def test_create_refuses_a_placement_larger_than_the_cluster(ray_cluster):
+    placement = Placement(pools={"huge": ResourcePool(devices_per_node=64)}, roles={"actor": "huge"})
+    with pytest.raises(PlacementError, match=r"CPU: placement needs 64, cluster has 4 \(short by 60\)"):
+        placement.create(timeout_s=5)
+
+
+def test_colocated_roles_get_fractional_shares(ray_cluster):
+    placement = Placement(pools={"train": ResourcePool(devices_per_node=2, cpus_per_bundle=1.0),
+                                 "gen": ResourcePool(devices_per_node=1, cpus_per_bundle=1.0)},
+                          roles={"actor": "train", "ref": "train", "rollout": "gen", "reward": "gen"})
+    slots = placement.create(timeout_s=60)
+    try:
+        assert [s.rank for s in slots["actor"]] == [0, 1] and [s.rank for s in slots["ref"]] == [0, 1]
+        for role in ("actor", "ref", "rollout", "reward"):
+            assert all(s.num_cpus == pytest.approx(0.5) and s.num_gpus == 0.0 for s in slots[role]), role
+        # Colocated roles share the same bundles of the same placement group.
+        assert [(s.placement_group.id, s.bundle_index) for s in slots["actor"]] == \
+               [(s.placement_group.id, s.bundle_index) for s in slots["ref"]]
+        assert slots["rollout"][0].placement_group.id != slots["actor"][0].placement_group.id
+    finally:
+        _release([s for role_slots in slots.values() for s in role_slots])
+
+
+def test_startup_timeout_names_the_role(ray_cluster):
+    slots = _slots("slow", "reward", 1)
+    try:
+        started = time.monotonic()
+        with pytest.raises(WorkerStartupError, match=r"role 'reward': ranks \[0\] did not finish ping within 2s"):
+            WorkerGroup("reward", SlowWorker, slots, startup_timeout_s=2, distributed=False,
+                        init_kwargs={"delay_s": 60})
+        assert time.monotonic() - started < 30
+    finally:
+        _release(slots)
