@@ -40,7 +40,10 @@ def _config_cmd(args: argparse.Namespace) -> int:
 def _score_cmd(args: argparse.Namespace) -> int:
     from r1ray.rewards import score_one
 
-    extra = json.loads(args.extra) if args.extra else {}
+    try:
+        extra = json.loads(args.extra) if args.extra else {}
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--extra: not valid JSON ({exc}); write e.g. '{{\"numbers\": [1, 2, 3]}}'") from exc
     if not isinstance(extra, dict):
         raise UserError("--extra: must be a JSON object, e.g. '{\"numbers\": [1, 2, 3]}'")
     extra.setdefault("data_source", args.data_source)
@@ -82,7 +85,8 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r1ray", description="GRPO-family RL for reasoning LLMs on Ray.")
-    parser.add_argument("--log-level", default="INFO", help="Python logging level")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], help="Python logging level")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("config", help="show, validate or document the configuration")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Callable
@@ -12,14 +13,36 @@ logger = logging.getLogger(__name__)
 
 def _train_cmd(args: argparse.Namespace) -> int:
     from r1ray.config import load_config
+    from r1ray.controller.pipeline import run_pipeline
+    from r1ray.controller.plot import plot_run
     from r1ray.controller.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
     logging.getLogger().setLevel(cfg.logging.level)
-    metrics = Trainer(cfg).fit()
-    shown = {k: round(v, 4) for k, v in metrics.items() if k in ("reward/mean", "eval/pass@1", "timing_s/step")}
-    print(f"done: {cfg.trainer.total_steps} steps, output in {cfg.trainer.output_dir} {shown}")
+    out = Path(cfg.trainer.output_dir)
+    if cfg.stages:
+        run_pipeline(cfg)
+    else:
+        Trainer(cfg).fit()
+    plots = plot_run(out)
+    print(f"done: output in {out}; {len(plots)} plots in {plots[0].parent if plots else '-'}")
+    for line in eval_summary(out):
+        print(line)
     return 0
+
+
+def eval_summary(out: Path) -> list[str]:
+    """'held-out pass@1: 0.12 (step 0) -> 0.56 (step 200)' for each run directory with eval metrics."""
+    lines = []
+    for metrics_file in sorted([out / "metrics.jsonl", *out.glob("*/metrics.jsonl")]):
+        if not metrics_file.is_file():
+            continue
+        evals = [r for r in map(json.loads, metrics_file.read_text().splitlines()) if "eval/pass@1" in r]
+        if evals:
+            first, last = evals[0], evals[-1]
+            lines.append(f"{metrics_file.parent.name}: held-out pass@1 {first['eval/pass@1']:.3f} (step {first['step']}) "
+                         f"-> {last['eval/pass@1']:.3f} (step {last['step']})")
+    return lines
 
 
 def _sft_cmd(args: argparse.Namespace) -> int:
@@ -29,6 +52,28 @@ def _sft_cmd(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     logging.getLogger().setLevel(cfg.logging.level)
     print(f"done: SFT model in {run_sft(cfg)}")
+    return 0
+
+
+def _eval_cmd(args: argparse.Namespace) -> int:
+    import json
+
+    from r1ray.config import load_config
+    from r1ray.controller.evaluate import run_eval
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_eval(cfg)
+    print(json.dumps(result["metrics"], indent=2))
+    print(f"wrote {result['path']}")
+    return 0
+
+
+def _sample_cmd(args: argparse.Namespace) -> int:
+    from r1ray.config import load_config
+    from r1ray.controller.sample import run_sample
+
+    cfg = load_config(args.config, args.overrides)
+    print(f"wrote rejection-sampled SFT data to {run_sample(cfg)}")
     return 0
 
 
@@ -48,6 +93,18 @@ def add_train_commands(sub: argparse._SubParsersAction, add_config_args: Callabl
     p = sub.add_parser("sft", help="supervised fine-tuning on the actor engine (cold start, rejection-sampled data)")
     add_config_args(p, required=True)
     p.set_defaults(func=_sft_cmd)
+
+    p = sub.add_parser("eval", help="pass@k, majority vote and behaviour rates on data.val_files, to JSON")
+    add_config_args(p, required=True)
+    p.set_defaults(func=_eval_cmd)
+
+    p = sub.add_parser("sample", help="rejection sampling (or distillation with sample.teacher_path) into SFT data")
+    add_config_args(p, required=True)
+    p.set_defaults(func=_sample_cmd)
+
+    from r1ray.controller.plot import add_plot_command
+
+    add_plot_command(sub)
 
     p = sub.add_parser("export", help="write a checkpoint's policy in Hugging Face format")
     p.add_argument("checkpoint", help="a step_* directory under <output_dir>/checkpoints")

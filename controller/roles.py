@@ -65,6 +65,12 @@ def loss_settings(cfg: R1RayConfig) -> LossSettings:
                         kl_coef=al.kl_coef, entropy_coef=al.entropy_coef)
 
 
+def reward_spec(cfg: R1RayConfig) -> RewardSpec:
+    r = cfg.reward
+    return RewardSpec(names=r.functions, weights=r.weights, sample_timeout_s=r.sample_timeout_s,
+                      batch_timeout_s=r.batch_timeout_s, num_workers=r.processes)
+
+
 def rollout_kwargs(cfg: R1RayConfig) -> dict:
     r, m = cfg.rollout, cfg.model
     if r.engine == "vllm":
@@ -93,11 +99,8 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
     rollout = WorkerGroup("rollout", RolloutWorker, slots["rollout"][::tp], startup_timeout_s=timeout,
                           distributed=False, init_kwargs=dict(engine_kind=cfg.rollout.engine,
                                                              engine_kwargs=rollout_kwargs(cfg)))
-    reward_spec = RewardSpec(names=cfg.reward.functions, weights=cfg.reward.weights,
-                             sample_timeout_s=cfg.reward.sample_timeout_s, batch_timeout_s=cfg.reward.batch_timeout_s,
-                             num_workers=cfg.reward.processes)
     reward = WorkerGroup("reward", RewardWorker, slots["reward"], startup_timeout_s=timeout, distributed=False,
-                         init_kwargs=dict(spec=reward_spec))
+                         init_kwargs=dict(spec=reward_spec(cfg)))
     roles = Roles(actor, ref, rollout, reward)
     ray.get([ref for group in roles.all() for ref in group.call_async("setup")])
     connect_weight_sync(roles, cfg)

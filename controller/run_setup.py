@@ -32,8 +32,22 @@ def prepare_files(cfg: R1RayConfig) -> R1RayConfig:
             # A different seed keeps held-out prompts out of the training draw (up to chance collisions).
             val = make_task(g.task, g.val_size, out / "data" / "val.jsonl", seed=g.seed + 1_000_003, **knobs)
             files["val_files"] = [str(val)]
+        levels = _generate_levels(cfg, out, knobs)
+        if levels:
+            files["curriculum"] = replace(data.curriculum, level_files=levels)
         cfg = replace(cfg, data=replace(data, **files))
     return cfg
+
+
+def _generate_levels(cfg: R1RayConfig, out: Path, knobs: dict) -> list[list[str]]:
+    """One generated training file per curriculum difficulty (the task's digits or n_people knob)."""
+    g, cur = cfg.data.generate, cfg.data.curriculum
+    if not cur.generate_difficulties:
+        return []
+    knob = "digits" if "digits" in knobs else "n_people"
+    return [[str(make_task(g.task, g.train_size, out / "data" / f"train_level{i}.jsonl", seed=g.seed + i,
+                           **{**knobs, knob: difficulty}))]
+            for i, difficulty in enumerate(cur.generate_difficulties)]
 
 
 def _task_knobs(task: str, g) -> dict:
@@ -54,6 +68,7 @@ def column_map(cfg: R1RayConfig) -> ColumnMap:
 class Datasets:
     train: PromptDataset
     val: PromptDataset | None
+    levels: list[PromptDataset]       # curriculum levels, easiest first ([train] without a curriculum)
 
 
 def build_datasets(cfg: R1RayConfig) -> Datasets:
@@ -67,9 +82,11 @@ def build_datasets(cfg: R1RayConfig) -> Datasets:
         if cfg.data.val_max_prompts:
             rows = rows[:cfg.data.val_max_prompts]
         val = PromptDataset(rows, tokenizer, cfg.data.template, limit)
-    logger.info("data: %d training prompts (%d dropped as too long), %s held-out", len(train), train.n_dropped,
-                len(val) if val else "no")
-    return Datasets(train, val)
+    levels = [PromptDataset(load_rows(files, columns), tokenizer, cfg.data.template, limit)
+              for files in cfg.data.curriculum.level_files] or [train]
+    logger.info("data: %d training prompts (%d dropped as too long), %s held-out, %d level(s)", len(train),
+                train.n_dropped, len(val) if val else "no", len(levels))
+    return Datasets(train, val, levels)
 
 
 def prompt_batch(items: list[PromptItem]) -> PromptBatch:

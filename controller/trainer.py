@@ -17,15 +17,17 @@ import torch
 from r1ray.algos import kl_coef_schedule
 from r1ray.config import R1RayConfig
 from r1ray.config_load import config_to_dict, config_to_yaml
-from r1ray.data import PromptSampler
+from r1ray.data.curriculum import CurriculumRule, CurriculumSource
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, concat_batches, select_rows
-from r1ray.rewards import RewardItem, ScoreBatch
+from r1ray.evaluation import behaviour_rates
+from r1ray.rewards import ScoreBatch
 from r1ray.workers.placement import Placement
 from r1ray.workers.weight_sync import verify_checksums
 
 from r1ray.controller.advantage import build_train_batch, logprob_view, scores_tensor, select_groups, shaped_scores
 from r1ray.controller.checkpoint import CheckpointManager, TrainerState, read_checkpoint, restore_rng
-from r1ray.controller.evaluate import evaluate
+from r1ray.controller.evaluate import evaluate_dataset, training_eval_sampling
+from r1ray.controller.inference import correct_flags, gather_scores, generate, score_async
 from r1ray.controller.metrics import StageTimer, mean_over_ranks, rollout_metrics, throughput
 from r1ray.controller.ray_cluster import connect
 from r1ray.controller.roles import Roles, build_roles
@@ -47,7 +49,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", cfg.trainer.keep_checkpoints)
         self.roles: Roles | None = None
         self.data: Datasets | None = None
-        self.sampler: PromptSampler | None = None
+        self.sampler: CurriculumSource | None = None
         self.manifest: list | None = None
 
     # ---- setup -------------------------------------------------------------------------------------
@@ -60,8 +62,10 @@ class Trainer:
                         dashboard_host=self.cfg.ray.dashboard_host, namespace=self.cfg.ray.namespace)
         logger.info("ray: %s", where)
         self.data = build_datasets(self.cfg)
-        self.sampler = PromptSampler(len(self.data.train), self.cfg.data.prompts_per_step, seed=self.cfg.trainer.seed,
-                                     shuffle=self.cfg.data.shuffle)
+        cur = self.cfg.data.curriculum
+        self.sampler = CurriculumSource(
+            self.data.levels, self.cfg.data.prompts_per_step, seed=self.cfg.trainer.seed, shuffle=self.cfg.data.shuffle,
+            rule=CurriculumRule(tuple(cur.advance_at_steps), cur.advance_at_accuracy, cur.window))
         self.roles = build_roles(self.cfg, self.placement)
         self.manifest = ray.get(self.roles.actor.call_rank0_async("weight_manifest", self.cfg.model.dtype))
         start, run_id = self._maybe_resume()
@@ -127,7 +131,8 @@ class Trainer:
             metrics.update(mean_over_ranks(ray.get(refs)))
         with timer("sync_weights"):
             self.sync_weights()
-        metrics.update({"actor/kl_coef": kl_coef, **rollout_metrics(rollout, budget), **timer.metrics()})
+        metrics.update({"actor/kl_coef": kl_coef, **rollout_metrics(rollout, budget),
+                        **behaviour_rates(rollout.response_texts, cfg.eval.behaviour_words), **timer.metrics()})
         metrics.update(throughput(rollout, metrics["timing_s/step"], self.placement.pools[self.placement.roles["actor"]].size))
         return metrics
 
@@ -141,7 +146,7 @@ class Trainer:
         kept: list[tuple[RolloutBatch, torch.Tensor, Any, Any]] = []
         metrics: dict[str, float] = {}
         for round_index in range(rounds):
-            prompts = prompt_batch(self.data.train.batch(self.sampler.next_batch()))
+            prompts = prompt_batch(self.sampler.next_batch())
             sampling = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                       top_k=cfg.rollout.top_k, max_new_tokens=budget,
                                       seed=cfg.trainer.seed * 1_000_003 + step * 16 + round_index)
@@ -151,6 +156,9 @@ class Trainer:
                 scored, ref_lp, old_lp = self._score_and_logprobs(rollout)
             if round_index == 0:
                 metrics.update(scored.metrics())
+                accuracy = sum(correct_flags(cfg, scored)) / max(len(scored.results), 1)
+                metrics.update({"train/accuracy": accuracy, **self.sampler.metrics()})
+                self.sampler.observe(step, accuracy)
             scores = scores_tensor(scored.scores)
             chosen = select_groups(scores, cfg.rollout.n, dynamic_sampling=cfg.algorithm.dynamic_sampling,
                                    groups_unit=1)
@@ -167,34 +175,23 @@ class Trainer:
     def _score_and_logprobs(self, rollout: RolloutBatch) -> tuple[ScoreBatch, Any, Any]:
         """Reward scoring, reference logprobs and (off-policy updates only) old logprobs, all at once."""
         cfg, roles = self.cfg, self.roles
-        score_refs = self._score_async(rollout)
+        score_refs = score_async(roles.reward, rollout)
         view = logprob_view(rollout)
         temp = cfg.rollout.temperature
         ref_refs = roles.ref.scatter_async("compute_logprobs", view, even=False, temperature=temp) if roles.ref else None
         off_policy = cfg.algorithm.ppo_epochs > 1 or cfg.algorithm.mini_batches > 1
         old_refs = (roles.actor.scatter_async("compute_logprobs", view, even=False, temperature=temp)
                     if off_policy else None)
-        scored = ScoreBatch(results=[r for part in ray.get(score_refs) for r in part.results])
+        scored = gather_scores(score_refs)
         ref_lp = torch.cat(ray.get(ref_refs)) if ref_refs else None
         old_lp = torch.cat(ray.get(old_refs)) if old_refs else None
         return scored, ref_lp, old_lp
 
-    def _score_async(self, rollout: RolloutBatch) -> list[ray.ObjectRef]:
-        items = [RewardItem(response=text, ground_truth=gt, data_source=src, extra=dict(extra))
-                 for text, gt, src, extra in zip(rollout.response_texts, rollout.ground_truths,
-                                                 rollout.data_sources, rollout.extra_infos)]
-        group = self.roles.reward
-        from r1ray.protocol import chunk_rows
-
-        return [w.score.remote([items[i] for i in rows])
-                for w, rows in zip(group.workers, chunk_rows(len(items), group.world_size))]
-
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
-        refs = self.roles.rollout.scatter_async("generate", prompts, even=False, sampling=sampling)
-        return concat_batches([b for b in ray.get(refs) if len(b)])
+        return generate(self.roles.rollout, prompts, sampling)
 
     def score(self, rollout: RolloutBatch) -> ScoreBatch:
-        return ScoreBatch(results=[r for part in ray.get(self._score_async(rollout)) for r in part.results])
+        return gather_scores(score_async(self.roles.reward, rollout))
 
     def sync_weights(self) -> None:
         """Actor -> rollout engines over the sync group, then compare checksums (fails the step loudly)."""
@@ -204,7 +201,9 @@ class Trainer:
         verify_checksums(sent, ray.get(receive))
 
     def evaluate(self, step: int) -> dict[str, float]:
-        return evaluate(self, step)
+        """Held-out metrics with the trainer.eval_* sampling (greedy by default)."""
+        ks = sorted({1, self.cfg.trainer.eval_n})
+        return evaluate_dataset(self.cfg, self, self.data.val, training_eval_sampling(self.cfg, step), ks)
 
     def save(self, step: int) -> Path:
         state = TrainerState(step=step, sampler=self.sampler.state_dict(), run_id=self.run_id)

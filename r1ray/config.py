@@ -61,6 +61,15 @@ class GenerateDataConfig:
 
 
 @dataclass(frozen=True)
+class CurriculumConfig:
+    level_files: list[list[str]] = _f([], "Training files per difficulty level, easiest first; empty: data.train_files is the only level.")
+    generate_difficulties: list[int] = _f([], "With data.generate: one generated level per difficulty (arithmetic digits, knights_knaves n_people).")
+    advance_at_steps: list[int] = _f([], "Level i+1 starts at step advance_at_steps[i].")
+    advance_at_accuracy: float = _f(0.0, "Also move up once training accuracy over `window` steps reaches this; 0 disables.")
+    window: int = _f(5, "Steps averaged for advance_at_accuracy.")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     train_files: list[str] = _f([], "JSONL or Parquet files of training prompts in the verl layout.")
     val_files: list[str] = _f([], "JSONL or Parquet files of held-out prompts for evaluation.")
@@ -74,6 +83,7 @@ class DataConfig:
     shuffle: bool = _f(True, "Shuffle the training prompts every epoch (seeded by trainer.seed).")
     val_max_prompts: int = _f(0, "Cap on evaluated held-out prompts; 0 evaluates all.")
     generate: GenerateDataConfig = _f(GenerateDataConfig(), "Built-in task generator used when no files are given.")
+    curriculum: CurriculumConfig = _f(CurriculumConfig(), "Difficulty levels and when to move up (Logic-RL, Kimi 1.5).")
 
 
 @dataclass(frozen=True)

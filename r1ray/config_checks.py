@@ -129,8 +129,12 @@ def _algorithm_rules(cfg: R1RayConfig) -> list[str]:
         problems.append("algorithm.dual_clip: must be 0 (off) or > 1, e.g. 3.0")
     if a.kl_coef < 0 or a.kl_coef_final < 0:
         problems.append("algorithm.kl_coef/kl_coef_final: must be >= 0")
-    if a.overlong_shaping and a.overlong_buffer_len >= cfg.rollout.max_response_length:
-        problems.append("algorithm.overlong_buffer_len: must be smaller than rollout.max_response_length")
+    # The penalty ramp is measured against the current budget, so the buffer must fit in the smallest one.
+    budgets = [entry[1] for entry in cfg.rollout.response_length_schedule if len(entry) == 2]
+    smallest = min(budgets or [cfg.rollout.max_response_length])
+    if a.overlong_shaping and a.overlong_buffer_len >= smallest:
+        problems.append(f"algorithm.overlong_buffer_len: must be smaller than the smallest response budget ({smallest}, "
+                        f"rollout.max_response_length or rollout.response_length_schedule)")
     if a.ppo_epochs < 1 or a.mini_batches < 1:
         problems.append("algorithm.ppo_epochs/mini_batches: must be >= 1")
     return problems

@@ -7,6 +7,7 @@ file listed together (one line each) instead of the first exception.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import warnings
 from dataclasses import fields, is_dataclass
@@ -29,15 +30,20 @@ class ConfigError(ValueError):
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> R1RayConfig:
     """Defaults <- YAML file <- dotted overrides, then the cross-field rules of `config_checks`."""
+    return config_from_dict(_read_yaml(path) if path else {}, overrides)
+
+
+def config_from_dict(user: dict[str, Any], overrides: Sequence[str] = ()) -> R1RayConfig:
+    """Defaults <- a nested dict (e.g. a resolved config) <- dotted overrides, with every check."""
     from r1ray.config_checks import check_config
 
-    user = _read_yaml(path) if path else {}
+    user = copy.deepcopy(user)
     _deep_merge(user, _parse_overrides(overrides))
     problems = _unknown_keys(user, R1RayConfig, "")
     unknown = {line.split(":", 1)[0] for line in problems}
     # Unknown keys are already reported with a suggestion; OmegaConf would name them a second time.
     problems += [p for p in _type_problems(user)
-                 if not any(p.startswith(u) for u in unknown) and " not in '" not in p]
+                 if not any(_names_key(p, u) for u in unknown) and " not in '" not in p]
     if problems:
         raise ConfigError(problems)
     with warnings.catch_warnings():
@@ -118,9 +124,22 @@ def _unknown_keys(user: Any, cls: type, prefix: str) -> list[str]:
     return problems
 
 
+def _names_key(problem: str, key: str) -> bool:
+    """Whether a problem line is about `key` or something inside it ('trainer.save' is not 'trainer.save_every')."""
+    return problem.startswith((key + ":", key + ".", key + "["))
+
+
 def _type_problems(user: dict[str, Any]) -> list[str]:
     """Merge leaf by leaf so that every wrongly typed value is reported, not only the first."""
     base = OmegaConf.structured(R1RayConfig)
+    try:
+        # The common case, a well-typed config, needs one merge instead of one per leaf.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            OmegaConf.merge(base, user)
+        return []
+    except OmegaConfBaseException:
+        pass
     problems = []
     for path, value in _leaves(user, ()):
         nested: Any = value

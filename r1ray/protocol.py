@@ -185,7 +185,9 @@ def select_rows(batch: Batch, rows: Sequence[int]) -> Batch:
         if value is None or kind == "const":
             values[f.name] = value
         elif f.name == "cu_seqlens":
-            values[f.name] = pack([[0] * len(seqs[i]) for i in rows])[1]
+            # Offsets from the selected lengths (not from S placeholder tokens: S reaches 10^8 in GPU recipes).
+            lengths = (value[1:] - value[:-1])[idx]
+            values[f.name] = torch.cat([value.new_zeros(1), torch.cumsum(lengths, 0)])
         elif kind == "packed":
             values[f.name] = torch.cat([seqs[i] for i in rows]) if len(rows) else value[:0]
         elif isinstance(value, Tensor):

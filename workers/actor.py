@@ -72,6 +72,12 @@ class ActorWorker(PolicyWorker):
             return None
         return self.sync.send(manifest, weights)
 
+    def full_weights(self) -> dict | None:
+        """Every full weight by name, on CPU, returned by rank 0 (a collective: call it on all ranks).
+        Tests compare it with the rollout engines' and the exported weights."""
+        weights = {name: tensor.cpu().clone() for name, tensor in self.engine.named_full_weights()}
+        return weights if self.rank == 0 else None
+
     def save(self, path: str) -> None:
         target = Path(path)
         target.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,11 @@ proxy these reports log; this module computes them per category.
 
 Matching rule: a listed word matches at the start of a word, case-insensitively, and covers the
 rest of that word, so "check" counts "checking", "checked" and "double-check" (the hyphen starts a
-word) but not "paycheck"; "correct" does not count "incorrect". Alternatives are tried longest
-first and matches do not overlap, so "double-check" is one occurrence, not two. The stem rule
-also counts "correctly" and "checkpoint": these are rates to compare across training steps, not
-annotations of single responses.
+word) but not "paycheck"; "verify" counts "verifying" but not "verification"; "correct" does not
+count "incorrect". Alternatives are tried longest first and matches do not overlap, so
+"double-check" is one occurrence, not two. The stem rule also counts "correctly" and
+"checkpoint": these are rates to compare across training steps, not annotations of single
+responses.
 
 Why not :func:`r1ray.rewards.still3.count_reflection_words`: it counts one fixed list that mixes
 reflection and verification (the input of a shaping reward), matches whole words only (missing

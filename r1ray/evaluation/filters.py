@@ -194,6 +194,11 @@ class FilterStats:
             raise ValueError(f"FilterStats: unknown drop reason {reason!r}; one of {self.reasons()}")
         setattr(self, reason, getattr(self, reason) + 1)
 
+    def add(self, other: "FilterStats") -> None:
+        """Accumulate another batch's counts (rejection sampling filters prompt by prompt)."""
+        for f in fields(FilterStats):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
     @property
     def dropped(self) -> int:
         return sum(getattr(self, reason) for reason in self.reasons())
@@ -216,6 +221,7 @@ class FilterStats:
 def _drop_reason(
     row: T,
     text: str,
+    *,
     correct: Optional[Callable[[T], bool]],
     length: Optional[int],
     max_length: Optional[int],
@@ -266,8 +272,9 @@ def filter_sft_rows(
     for row in rows:
         response = text_of(row)
         size = None if max_length is None else (length(row) if length is not None else len(response))
-        reason = _drop_reason(row, response, correct, size, max_length, language, language_threshold)
-        normalized = normalize_text(response)
+        reason = _drop_reason(row, response, correct=correct, length=size, max_length=max_length,
+                              language=language, language_threshold=language_threshold)
+        normalized = normalize_text(response) if reason is None else ""
         if reason is None and normalized in seen:
             reason = "duplicate"
         if reason is not None:

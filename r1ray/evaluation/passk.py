@@ -81,15 +81,15 @@ def normalize_answer(answer: str) -> Optional[str]:
     trailing full stop removed, all whitespace removed (as MATH's strip_string does), thousands
     separators dropped ("1,234" -> "1234"), ``\\dfrac`` -> ``\\frac``; None when nothing is left."""
     text = answer.strip()
-    unwrapped = True
-    while unwrapped:
-        unwrapped = False
+    previous = None
+    # "$5$." and "\( 5. \)" both mean 5: peel full stops and delimiters until nothing changes.
+    while text != previous:
+        previous = text
+        text = text.rstrip(".").strip()
         for left, right in _DELIMITERS:
             if len(text) >= len(left) + len(right) and text.startswith(left) and text.endswith(right):
                 text = text[len(left) : len(text) - len(right)].strip()
-                unwrapped = True
                 break
-    text = text.rstrip(".").strip()
     for spelling, canonical in _SAME_RENDERING:
         text = text.replace(spelling, canonical)
     text = _WHITESPACE_RE.sub("", text)

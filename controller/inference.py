@@ -1,0 +1,68 @@
+"""Generation and scoring through the rollout and reward groups, shared by training, `eval` and `sample`."""
+
+from __future__ import annotations
+
+import ray
+
+from r1ray.config import R1RayConfig
+from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, chunk_rows, concat_batches
+from r1ray.rewards import RewardItem, ScoreBatch
+from r1ray.workers.group import WorkerGroup
+from r1ray.workers.placement import Placement
+from r1ray.workers.reward import RewardWorker
+from r1ray.workers.rollout import RolloutWorker
+
+from r1ray.controller.roles import reward_spec, rollout_kwargs, shutdown_groups
+
+
+def generate(rollout: WorkerGroup, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
+    """Prompts spread over the rollout engines; rows come back grouped by prompt, in prompt order."""
+    refs = rollout.scatter_async("generate", prompts, even=False, sampling=sampling)
+    return concat_batches([b for b in ray.get(refs) if len(b)])
+
+
+def score_async(reward: WorkerGroup, rollout: RolloutBatch) -> list[ray.ObjectRef]:
+    items = [RewardItem(response=text, ground_truth=gt, data_source=src, extra=dict(extra))
+             for text, gt, src, extra in zip(rollout.response_texts, rollout.ground_truths,
+                                             rollout.data_sources, rollout.extra_infos)]
+    return [w.score.remote([items[i] for i in rows])
+            for w, rows in zip(reward.workers, chunk_rows(len(items), reward.world_size))]
+
+
+def gather_scores(refs: list[ray.ObjectRef]) -> ScoreBatch:
+    return ScoreBatch(results=[r for part in ray.get(refs) for r in part.results])
+
+
+def correct_flags(cfg: R1RayConfig, scored: ScoreBatch) -> list[bool]:
+    """A sample is correct when the accuracy reward (the first of reward.functions) gives it >= 1.0,
+    the score every shipped accuracy reward gives a right answer."""
+    name = cfg.reward.functions[0]
+    return [(r.components.get(name) or 0.0) >= 1.0 for r in scored.results]
+
+
+class InferenceRoles:
+    """Rollout and reward groups only: what `r1ray eval` and `r1ray sample` need."""
+
+    def __init__(self, cfg: R1RayConfig, placement: Placement, model_path: str | None = None):
+        from dataclasses import replace
+
+        if model_path:
+            cfg = replace(cfg, model=replace(cfg.model, path=model_path))
+        slots = placement.only(["rollout", "reward"]).create(cfg.trainer.startup_timeout_s)
+        timeout = cfg.trainer.startup_timeout_s
+        tp = cfg.rollout.tensor_parallel_size
+        self.rollout = WorkerGroup("rollout", RolloutWorker, slots["rollout"][::tp], startup_timeout_s=timeout,
+                                   distributed=False, init_kwargs=dict(engine_kind=cfg.rollout.engine,
+                                                                      engine_kwargs=rollout_kwargs(cfg)))
+        self.reward = WorkerGroup("reward", RewardWorker, slots["reward"], startup_timeout_s=timeout,
+                                  distributed=False, init_kwargs=dict(spec=reward_spec(cfg)))
+        ray.get(self.rollout.call_async("setup") + self.reward.call_async("setup"))
+
+    def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
+        return generate(self.rollout, prompts, sampling)
+
+    def score(self, rollout: RolloutBatch) -> ScoreBatch:
+        return gather_scores(score_async(self.reward, rollout))
+
+    def shutdown(self) -> None:
+        shutdown_groups([self.rollout, self.reward])

@@ -1,0 +1,87 @@
+"""Pipelines: the DeepSeek-R1 recipe as stages run in order by `r1ray train` (e.g. sft -> grpo -> sample ->
+sft -> grpo). Each stage gets `<output_dir>/<index>_<name>/`, its own metrics and checkpoints, starts from
+the model the previous stage produced (and an `sft` stage after a `sample` stage trains on its data), and
+writes STAGE_COMPLETE.json when done, so a restarted pipeline skips finished stages and resumes the
+interrupted one (its GRPO checkpoints included, with trainer.resume=auto).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from r1ray.config import R1RayConfig, StageConfig
+from r1ray.config_load import config_from_dict, config_to_dict
+
+logger = logging.getLogger(__name__)
+
+MARKER = "STAGE_COMPLETE.json"
+
+
+@dataclass
+class Carry:
+    """What flows from one stage to the next."""
+
+    model: str
+    sft_data: str | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def stage_config(base: R1RayConfig, stage: StageConfig, stage_dir: Path, carry: Carry, first: bool) -> R1RayConfig:
+    tree = config_to_dict(base)
+    tree["stages"] = []
+    overrides = [f"trainer.output_dir={stage_dir}", f"model.path={carry.model}"]
+    if not first:
+        overrides.append("model.init_tiny=false")  # later stages load the previous stage's model
+    if stage.kind == "sft" and carry.sft_data and not base.sft.train_files:
+        overrides.append(f"sft.train_files=[{carry.sft_data}]")
+    return config_from_dict(tree, overrides + list(stage.overrides))
+
+
+def run_stage(cfg: R1RayConfig, kind: str, stage_dir: Path) -> dict[str, Any]:
+    """Run one stage; returns what it produced (model dir, SFT data, metrics)."""
+    if kind == "sft":
+        from r1ray.controller.sft import run_sft
+
+        return {"model": str(run_sft(cfg))}
+    if kind == "grpo":
+        from r1ray.controller.export import export_checkpoint
+        from r1ray.controller.trainer import Trainer
+
+        trainer = Trainer(cfg)
+        metrics = trainer.fit()
+        model = export_checkpoint(trainer.checkpoints.latest(), stage_dir / "model")
+        return {"model": str(model), "metrics": metrics}
+    if kind == "sample":
+        from r1ray.controller.sample import run_sample
+
+        return {"sft_data": str(run_sample(cfg))}
+    from r1ray.controller.evaluate import run_eval
+
+    return {"metrics": run_eval(cfg)["metrics"]}
+
+
+def run_pipeline(cfg: R1RayConfig) -> Carry:
+    root = Path(cfg.trainer.output_dir)
+    carry = Carry(model=cfg.model.path)
+    for index, stage in enumerate(cfg.stages, start=1):
+        stage_dir = root / f"{index}_{stage.name or stage.kind}"
+        marker = stage_dir / MARKER
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            logger.info("stage %d (%s) already complete; skipping", index, stage.name or stage.kind)
+        else:
+            stage_cfg = stage_config(cfg, stage, stage_dir, carry, first=index == 1)
+            logger.info("stage %d/%d: %s (%s) -> %s", index, len(cfg.stages), stage.name, stage.kind, stage_dir)
+            done = run_stage(stage_cfg, stage.kind, stage_dir)
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(json.dumps(done, indent=2, default=float))
+            os.replace(tmp, marker)
+        carry.model = done.get("model", carry.model)
+        carry.sft_data = done.get("sft_data", carry.sft_data)
+        carry.results[f"{index}_{stage.name or stage.kind}"] = done.get("metrics", {})
+    return carry

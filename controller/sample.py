@@ -1,0 +1,85 @@
+"""`r1ray sample`: rejection sampling into SFT data (DeepSeek-R1 §2.3.3), and distillation's sampling side.
+
+k samples per training prompt from the rollout engines (the policy, or `sample.teacher_path` for
+distillation), scored by the reward workers; correct ones pass R1's filters (no truncated responses, no
+mixed-language or unreadable reasoning, no duplicates of the same prompt) and up to
+`sample.keep_per_prompt` per prompt are written as SFT rows for `r1ray sft`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from r1ray.config import R1RayConfig
+from r1ray.data import write_rows
+from r1ray.evaluation import FilterStats, filter_sft_rows
+from r1ray.protocol import RolloutBatch, SamplingParams
+from r1ray.workers.placement import Placement
+
+from r1ray.controller.inference import InferenceRoles, correct_flags
+from r1ray.controller.ray_cluster import connect
+from r1ray.controller.run_setup import build_datasets, prepare_files, prompt_batch
+from r1ray.controller.schedule import response_budget
+
+logger = logging.getLogger(__name__)
+
+PROMPTS_PER_CALL = 64
+
+
+def candidates(rollout: RolloutBatch, correct: list[bool], prompts: list) -> list[list[dict]]:
+    """Per prompt, its k samples as candidate rows (rows of a rollout are grouped by prompt)."""
+    n = rollout.group_size
+    lens = rollout.response_lens.tolist()
+    return [[{"prompt": prompts[g], "response": rollout.response_texts[i], "correct": correct[i],
+              "truncated": bool(rollout.truncated[i]), "tokens": lens[i]}
+             for i in range(g * n, (g + 1) * n)] for g in range(len(rollout) // n)]
+
+
+def select(groups: list[list[dict]], keep: int, language: str) -> tuple[list[dict], FilterStats]:
+    total = FilterStats()
+    kept: list[dict] = []
+    for group in groups:
+        # A truncated response never finished its answer: R1 drops it as overlong.
+        rows, stats = filter_sft_rows(group, "response", correct=lambda r: r["correct"],
+                                      max_length=0, length=lambda r: int(r["truncated"]),
+                                      language=language or None)
+        kept += [{"prompt": r["prompt"], "response": r["response"]} for r in rows[:keep]]
+        total.add(stats)
+    return kept, total
+
+
+def run_sample(cfg: R1RayConfig, placement: Placement | None = None) -> Path:
+    out_dir = Path(cfg.trainer.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = prepare_files(cfg)
+    placement = placement or Placement.from_config(cfg.placement)
+    connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, needed_cpus=placement.required().get("CPU", 1.0),
+            dashboard=cfg.ray.dashboard, dashboard_host=cfg.ray.dashboard_host, namespace=cfg.ray.namespace)
+    data = build_datasets(cfg)
+    s = cfg.sample
+    sampling = SamplingParams(n=s.k, temperature=s.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                              max_new_tokens=response_budget(cfg.rollout, 10**9), seed=cfg.trainer.seed)
+    roles = InferenceRoles(cfg, placement, model_path=s.teacher_path or None)
+    kept: list[dict] = []
+    stats = FilterStats()
+    try:
+        items = data.train.items
+        for start in range(0, len(items), PROMPTS_PER_CALL):
+            chunk = items[start:start + PROMPTS_PER_CALL]
+            rollout = roles.generate(prompt_batch(chunk), sampling)
+            groups = candidates(rollout, correct_flags(cfg, roles.score(rollout)), [it.row.prompt for it in chunk])
+            rows, chunk_stats = select(groups, s.keep_per_prompt, s.filter_language)
+            kept += rows
+            stats.add(chunk_stats)
+    finally:
+        roles.shutdown()
+    out = Path(s.out_file) if s.out_file else out_dir / "sampled_sft.jsonl"
+    if not kept:
+        raise ValueError(f"rejection sampling kept no rows ({stats}); sample more (sample.k) or train the policy first")
+    write_rows(kept, out)
+    (out_dir / "sample_stats.json").write_text(json.dumps({"kept_rows": len(kept), "filters": str(stats)}, indent=2))
+    logger.info("rejection sampling: kept %d rows from %d prompts x %d samples (%s) -> %s",
+                len(kept), len(data.train), s.k, stats, out)
+    return out
