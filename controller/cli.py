@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from r1ray.controller.cli_deploy import add_deploy_commands
+
 EXIT_USAGE = 2
 
 
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_model_cmd)
 
     _add_train_commands(sub)
+    add_deploy_commands(sub, _add_config_args)
     return parser
 
 

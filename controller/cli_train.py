@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Callable
@@ -13,11 +12,14 @@ logger = logging.getLogger(__name__)
 
 def _train_cmd(args: argparse.Namespace) -> int:
     from r1ray.config import load_config
+
+    # Validate before importing the training stack (torch, Ray, transformers: seconds), so a bad config
+    # is rejected at once.
+    cfg = load_config(args.config, args.overrides)
     from r1ray.controller.pipeline import run_pipeline
     from r1ray.controller.plot import plot_run
     from r1ray.controller.trainer import Trainer
 
-    cfg = load_config(args.config, args.overrides)
     logging.getLogger().setLevel(cfg.logging.level)
     out = Path(cfg.trainer.output_dir)
     if cfg.stages:
@@ -33,15 +35,19 @@ def _train_cmd(args: argparse.Namespace) -> int:
 
 def eval_summary(out: Path) -> list[str]:
     """'held-out pass@1: 0.12 (step 0) -> 0.56 (step 200)' for each run directory with eval metrics."""
+    from r1ray.controller.plot import load_metrics, natural_key
+
     lines = []
-    for metrics_file in sorted([out / "metrics.jsonl", *out.glob("*/metrics.jsonl")]):
+    # Stages in pipeline order: 2_grpo before 10_grpo.
+    stages = sorted(out.glob("*/metrics.jsonl"), key=lambda f: natural_key(f.parent.name))
+    for metrics_file in [out / "metrics.jsonl", *stages]:
         if not metrics_file.is_file():
             continue
-        evals = [r for r in map(json.loads, metrics_file.read_text().splitlines()) if "eval/pass@1" in r]
-        if evals:
-            first, last = evals[0], evals[-1]
-            lines.append(f"{metrics_file.parent.name}: held-out pass@1 {first['eval/pass@1']:.3f} (step {first['step']}) "
-                         f"-> {last['eval/pass@1']:.3f} (step {last['step']})")
+        # load_metrics skips a line a crash cut short; the summary must not fail a finished run.
+        steps, values = load_metrics(metrics_file).get("eval/pass@1", ([], []))
+        if steps:
+            lines.append(f"{metrics_file.parent.name}: held-out pass@1 {values[0]:.3f} (step {steps[0]}) "
+                         f"-> {values[-1]:.3f} (step {steps[-1]})")
     return lines
 
 

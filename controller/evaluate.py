@@ -56,8 +56,12 @@ def training_eval_sampling(cfg: R1RayConfig, step: int) -> SamplingParams:
 
 def run_eval(cfg: R1RayConfig, placement: Placement | None = None) -> dict:
     """`r1ray eval`: evaluate model.path on data.val_files with the eval section's sampling; write JSON."""
-    if not cfg.data.val_files and not (cfg.data.generate.task and cfg.data.generate.val_size):
-        raise ValueError("data.val_files: empty; `r1ray eval` needs held-out prompts")
+    d = cfg.data
+    # prepare_files generates held-out prompts only along with generated training prompts.
+    generated = not d.train_files and d.generate.task and d.generate.val_size
+    if not d.val_files and not generated:
+        raise ValueError("data.val_files: empty; `r1ray eval` needs held-out prompts (data.val_files, or "
+                         "data.generate with val_size > 0 and no data.train_files)")
     out_dir = Path(cfg.trainer.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = prepare_files(cfg)

@@ -32,14 +32,20 @@ class Carry:
 
 
 def stage_config(base: R1RayConfig, stage: StageConfig, stage_dir: Path, carry: Carry, first: bool) -> R1RayConfig:
+    """The base config with the stage's directory and the carried model (and sampled SFT data), then the
+    stage's own overrides. Paths are set in the tree, not written as `key=value` overrides, so a path with
+    a comma, colon or bracket stays one path."""
     tree = config_to_dict(base)
     tree["stages"] = []
-    overrides = [f"trainer.output_dir={stage_dir}", f"model.path={carry.model}"]
+    tree["trainer"]["output_dir"] = str(stage_dir)
+    tree["model"]["path"] = carry.model
     if not first:
-        overrides.append("model.init_tiny=false")  # later stages load the previous stage's model
-    if stage.kind == "sft" and carry.sft_data and not base.sft.train_files:
-        overrides.append(f"sft.train_files=[{carry.sft_data}]")
-    return config_from_dict(tree, overrides + list(stage.overrides))
+        tree["model"]["init_tiny"] = False  # later stages load the previous stage's model
+    if stage.kind == "sft" and carry.sft_data:
+        # The base sft.train_files are the first SFT stage's (cold-start) data; after a sample stage the
+        # SFT stage trains on what was sampled.
+        tree["sft"]["train_files"] = [carry.sft_data]
+    return config_from_dict(tree, list(stage.overrides))
 
 
 def run_stage(cfg: R1RayConfig, kind: str, stage_dir: Path) -> dict[str, Any]:

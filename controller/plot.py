@@ -53,7 +53,7 @@ class FigureSpec:
         chosen = [key for key in self.keys if key in available]
         for pattern in self.patterns:
             matched = (key for key in available if re.fullmatch(pattern, key) and key not in chosen)
-            chosen.extend(sorted(matched, key=_natural_key))
+            chosen.extend(sorted(matched, key=natural_key))
         return chosen
 
 
@@ -67,7 +67,7 @@ FIGURES = (
 )
 
 
-def _natural_key(text: str) -> list[Any]:
+def natural_key(text: str) -> list[Any]:
     """Sort "pass@2" before "pass@16" and "stage2" before "stage10"."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
 
@@ -167,7 +167,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     stages = []
     if run_dir.is_dir():
         stages = sorted((d for d in run_dir.iterdir() if (d / METRICS_FILE).is_file()),
-                        key=lambda d: _natural_key(d.name))
+                        key=lambda d: natural_key(d.name))
     if not stages:
         raise FileNotFoundError(f"no {METRICS_FILE} in {run_dir} nor in any stage sub-directory of it")
     written: list[Path] = []

@@ -54,7 +54,7 @@ def _task_knobs(task: str, g) -> dict:
     from r1ray.data import get_task
 
     accepted = get_task(task).knobs()
-    wanted = {"digits": g.digits, "n_people": g.n_people}
+    wanted = {"digits": g.digits, "n_people": g.n_people, "operations": g.operations}
     return {k: v for k, v in wanted.items() if k in accepted}
 
 

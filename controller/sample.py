@@ -14,7 +14,7 @@ from pathlib import Path
 
 from r1ray.config import R1RayConfig
 from r1ray.data import write_rows
-from r1ray.evaluation import FilterStats, filter_sft_rows
+from r1ray.evaluation import FilterStats, filter_sft_rows, normalize_text
 from r1ray.protocol import RolloutBatch, SamplingParams
 from r1ray.workers.placement import Placement
 
@@ -37,7 +37,13 @@ def candidates(rollout: RolloutBatch, correct: list[bool], prompts: list) -> lis
              for i in range(g * n, (g + 1) * n)] for g in range(len(rollout) // n)]
 
 
-def select(groups: list[list[dict]], keep: int, language: str) -> tuple[list[dict], FilterStats]:
+def select(groups: list[list[dict]], keep: int, language: str,
+           seen: dict[str, set[str]] | None = None) -> tuple[list[dict], FilterStats]:
+    """SFT rows from candidate groups: correct, finished, filtered, at most `keep` distinct responses per
+    prompt. Generated data repeats prompts, so the limit and the duplicate check hold per prompt text, across
+    groups and across calls sharing `seen` (prompt -> normalized responses kept). Rows past the limit
+    passed the filters and count as kept in the stats."""
+    seen = {} if seen is None else seen
     total = FilterStats()
     kept: list[dict] = []
     for group in groups:
@@ -45,7 +51,15 @@ def select(groups: list[list[dict]], keep: int, language: str) -> tuple[list[dic
         rows, stats = filter_sft_rows(group, "response", correct=lambda r: r["correct"],
                                       max_length=0, length=lambda r: int(r["truncated"]),
                                       language=language or None)
-        kept += [{"prompt": r["prompt"], "response": r["response"]} for r in rows[:keep]]
+        for r in rows:
+            taken = seen.setdefault(json.dumps(r["prompt"], sort_keys=True), set())
+            text = normalize_text(r["response"])
+            if text in taken:
+                stats.kept -= 1
+                stats.duplicate += 1
+            elif len(taken) < keep:
+                taken.add(text)
+                kept.append({"prompt": r["prompt"], "response": r["response"]})
         total.add(stats)
     return kept, total
 
@@ -64,13 +78,14 @@ def run_sample(cfg: R1RayConfig, placement: Placement | None = None) -> Path:
     roles = InferenceRoles(cfg, placement, model_path=s.teacher_path or None)
     kept: list[dict] = []
     stats = FilterStats()
+    seen: dict[str, set[str]] = {}
     try:
         items = data.train.items
         for start in range(0, len(items), PROMPTS_PER_CALL):
             chunk = items[start:start + PROMPTS_PER_CALL]
             rollout = roles.generate(prompt_batch(chunk), sampling)
             groups = candidates(rollout, correct_flags(cfg, roles.score(rollout)), [it.row.prompt for it in chunk])
-            rows, chunk_stats = select(groups, s.keep_per_prompt, s.filter_language)
+            rows, chunk_stats = select(groups, s.keep_per_prompt, s.filter_language, seen)
             kept += rows
             stats.add(chunk_stats)
     finally:

@@ -40,20 +40,26 @@ def sft_batch(examples: list[SFTExample]) -> TrainBatch:
                       response_mask=mask, advantages=pad_right([torch.zeros(0)] * len(examples), width=mask.shape[1]))
 
 
+def check_sft_source(cfg: R1RayConfig) -> None:
+    """Fail before anything is built or written when there is nothing to train on."""
+    if not cfg.sft.train_files and not cfg.sft.generate_cold_start:
+        raise ValueError("sft.train_files: empty; list SFT files or set sft.generate_cold_start=true with data.generate")
+
+
 def sft_files(cfg: R1RayConfig) -> list[str]:
     """sft.train_files, or cold-start rows written from the generated task data."""
+    check_sft_source(cfg)
     if cfg.sft.train_files:
         return list(cfg.sft.train_files)
-    if not cfg.sft.generate_cold_start:
-        raise ValueError("sft.train_files: empty; list SFT files or set sft.generate_cold_start=true with data.generate")
     rows = load_rows(cfg.data.train_files, column_map(cfg))[:cfg.sft.cold_start_size]
     out = Path(cfg.trainer.output_dir) / "data" / "cold_start_sft.jsonl"
-    write_rows(cold_start_rows(rows), out)
+    write_rows(cold_start_rows(rows, slip_rate=cfg.sft.cold_start_slip_rate, seed=cfg.trainer.seed), out)
     return [str(out)]
 
 
 def run_sft(cfg: R1RayConfig, placement: Placement | None = None) -> Path:
     """Train, then write the model; returns its directory."""
+    check_sft_source(cfg)
     out_dir = Path(cfg.trainer.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = prepare_files(cfg)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence, TextIO
+from urllib.parse import urlparse
 
 from r1ray.controller.redact import redact, redact_env
 
@@ -61,6 +62,15 @@ class JobSpec:
 def resolve_address(address: str | None, environ: Mapping[str, str]) -> str:
     """--address, else RAY_API_SERVER_ADDRESS, else RAY_ADDRESS (as `ray job submit` reads them), else local."""
     return address or environ.get("RAY_API_SERVER_ADDRESS") or environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+
+
+def cleartext_warning(address: str) -> str | None:
+    """A warning when the token would cross the network unencrypted; None for loopback or https."""
+    parsed = urlparse(address if "://" in address else f"http://{address}")
+    if parsed.scheme != "http" or parsed.hostname in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return (f"{address} is plain http: the cluster's token crosses the network unencrypted; reach the dashboard "
+            f"through an SSH tunnel or kubectl port-forward (http://127.0.0.1:8265) or https")
 
 
 def locate_config(config: str | Path, working_dir: str | Path | None) -> tuple[Path, str]:

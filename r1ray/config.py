@@ -57,6 +57,7 @@ class GenerateDataConfig:
     val_size: int = _f(64, "Number of generated held-out prompts (a different seed from training).")
     seed: int = _f(0, "Seed of the generated dataset.")
     digits: int = _f(2, "arithmetic: number of digits per operand.")
+    operations: str = _f("+-*", "arithmetic: operators to draw from, any of + - * /.")
     n_people: int = _f(3, "knights_knaves: number of people per puzzle (difficulty).")
 
 
@@ -211,6 +212,7 @@ class SFTConfig:
     train_files: list[str] = _f([], "JSONL/Parquet rows with 'prompt' (string or chat messages) and 'response' for SFT.")
     generate_cold_start: bool = _f(False, "Write cold-start SFT rows (worked solutions) from data.generate's task when no files are given.")
     cold_start_size: int = _f(256, "Rows of generated cold-start SFT data.")
+    cold_start_slip_rate: float = _f(0.0, "Share of generated arithmetic solutions whose final answer is off by one (imperfect cold-start data).")
     epochs: int = _f(1, "Passes over the SFT data.")
     max_steps: int = _f(0, "Stop SFT after this many optimizer steps; 0 runs all epochs.")
     sequences_per_step: int = _f(32, "Sequences per SFT optimizer step (split over actor ranks).")

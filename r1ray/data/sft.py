@@ -9,6 +9,7 @@ the context it was trained on; the loss covers response tokens only (and the EOS
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -83,11 +84,28 @@ def worked_solution(row: PromptRow) -> str | None:
     return None
 
 
-def cold_start_rows(rows: Sequence[PromptRow]) -> list[dict[str, Any]]:
-    """SFT rows for the task rows that have a worked solution."""
+def with_slip(row: PromptRow) -> str | None:
+    """An arithmetic worked solution whose reasoning is right but whose final answer is off by one."""
+    extra = row.extra_info or {}
+    if row.data_source != "arithmetic" or "expression" not in extra:
+        return None
+    slipped = int(row.ground_truth) + 1
+    return f"<think>{extra['expression']} = {row.ground_truth}</think> <answer>{slipped}</answer>"
+
+
+def cold_start_rows(rows: Sequence[PromptRow], *, slip_rate: float = 0.0, seed: int = 0) -> list[dict[str, Any]]:
+    """SFT rows for the task rows that have a worked solution.
+
+    `slip_rate` makes that share of arithmetic solutions end in an answer off by one, like hand-written
+    cold-start data with careless slips: the fine-tuned model then knows the format and often samples the
+    right answer, but may prefer the slip, which RL with an accuracy reward can correct.
+    """
+    rng = random.Random(seed)
     out = []
     for row in rows:
         response = worked_solution(row)
+        if response is not None and slip_rate and rng.random() < slip_rate:
+            response = with_slip(row) or response
         if response is not None:
             out.append({"prompt": row.prompt, "response": response})
     return out
