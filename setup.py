@@ -33,11 +33,12 @@ setup(
         "matplotlib",
         "wandb",
         "pyyaml",
+        "psutil",
     ],
     extras_require={
         "gpu": ["vllm>=0.10", "flash-attn>=2.6"],
         "deepspeed": ["deepspeed>=0.16"],
-        "dev": ["pytest>=8", "pytest-timeout", "jsonschema>=4"],
+        "dev": ["pytest>=8", "pytest-timeout", "jsonschema>=4", "pyyaml"],
     },
     entry_points={"console_scripts": ["r1ray=r1ray.controller.cli:main"]},
 )
