@@ -222,10 +222,14 @@ def test_batch_must_divide_over_actor_ranks_and_mini_batches() -> None:
                                    "placement.pools.default.devices_per_node=2"])
     assert problem == ("data.prompts_per_step * rollout.n = 9 sequences is not divisible by actor ranks (2) x "
                        "algorithm.mini_batches (1); change prompts_per_step or mini_batches")
-    problems = problems_of(None, BASE + ["data.prompts_per_step=6", "rollout.n=2", "algorithm.mini_batches=4"])
-    assert problems[0].startswith("data.prompts_per_step * rollout.n = 12 sequences is not divisible by "
+    problems = problems_of(None, BASE + ["data.prompts_per_step=6", "rollout.n=3", "algorithm.mini_batches=4"])
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("data.prompts_per_step * rollout.n = 18 sequences is not divisible by "
                                   "actor ranks (1) x algorithm.mini_batches (4)")
     assert problems[1].startswith("algorithm.mini_batches: must divide data.prompts_per_step")
+    # 12 sequences split into 4 mini-batches, but 6 prompt groups do not: only the group rule fires.
+    assert only_problem(BASE + ["data.prompts_per_step=6", "rollout.n=2", "algorithm.mini_batches=4"]).startswith(
+        "algorithm.mini_batches: must divide data.prompts_per_step so that groups stay whole")
     assert load_config(None, BASE + ["data.prompts_per_step=4", "rollout.n=3",
                                      "placement.pools.default.devices_per_node=2", "algorithm.mini_batches=2"])
 

@@ -1,0 +1,472 @@
+"""Pure pieces of the controller and the actor's loss: advantages and group selection, schedules, secret
+redaction, checkpoint bookkeeping, loss weighting for gradient accumulation, and packed-forward layout.
+No Ray cluster is started; everything runs on hand-made tensors and real files."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from r1ray.algos import aggregate_loss, kl_penalty, policy_loss
+from r1ray.config import AlgorithmConfig, R1RayConfig, RolloutConfig, load_config
+from r1ray.config_load import config_to_dict
+from r1ray.controller.advantage import (
+    build_train_batch,
+    keep_rows,
+    logprob_view,
+    scores_tensor,
+    select_groups,
+    shaped_scores,
+)
+from r1ray.controller.checkpoint import CheckpointManager, TrainerState, read_checkpoint
+from r1ray.controller.redact import REDACTED, redact
+from r1ray.controller.schedule import groups_unit, response_budget
+from r1ray.protocol import RolloutBatch, TrainBatch, concat_batches, pack, pad_right, split_batch
+from r1ray.workers.engines.packing import pack_for_forward, token_entropy, token_logprobs
+from r1ray.workers.losses import ActorLoss, LossSettings, denominator
+from r1ray.workers.placement import Placement, ResourcePool
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def rollout(response_lens: list[int], group_size: int, truncated: list[bool] | None = None,
+            prompt_len: int = 2) -> RolloutBatch:
+    """B sequences with `prompt_len` prompt tokens and the given response lengths; logprobs -0.5 each."""
+    seqs = [[1] * prompt_len + [7] * n for n in response_lens]
+    tokens, cu = pack(seqs)
+    b = len(response_lens)
+    return RolloutBatch(
+        tokens=tokens, cu_seqlens=cu, prompt_lens=torch.full((b,), prompt_len),
+        truncated=torch.tensor(truncated or [False] * b),
+        rollout_logprobs=pad_right([torch.full((n,), -0.5) for n in response_lens]),
+        response_texts=["x"] * b, ground_truths=["1"] * b, data_sources=["arithmetic"] * b,
+        extra_infos=[{}] * b, group_size=group_size)
+
+
+# ---- scores and group selection ------------------------------------------------------------------
+
+
+def test_scores_tensor_maps_none_to_nan() -> None:
+    scores = scores_tensor([1.0, None, 0, 0.5])
+    assert scores.dtype == torch.float32
+    assert scores[0] == 1.0 and math.isnan(scores[1]) and scores[2] == 0.0 and scores[3] == 0.5
+
+
+def test_select_groups_without_dynamic_sampling_keeps_everything() -> None:
+    scores = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])     # groups of 2: same, differ, same
+    chosen = select_groups(scores, 2, dynamic_sampling=False, groups_unit=1)
+    assert chosen.rows == list(range(6))
+    assert chosen.frac_zero_std == pytest.approx(2 / 3)
+
+
+def test_select_groups_drops_zero_spread_groups() -> None:
+    # 4 groups of 3: [all 1], [1,0,1], [nan,0,0] (no spread among scorable), [0,1,nan]
+    scores = scores_tensor([1, 1, 1, 1, 0, 1, None, 0, 0, 0, 1, None])
+    chosen = select_groups(scores, 3, dynamic_sampling=True, groups_unit=1)
+    assert chosen.rows == [3, 4, 5, 9, 10, 11]
+    assert chosen.frac_zero_std == pytest.approx(0.5)
+
+
+def test_select_groups_keeps_whole_units_only() -> None:
+    # 5 groups of 2 with spread in groups 0, 1, 3, 4: a unit of 3 groups keeps the first 3 of them.
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.5, 0.0, 0.2, 0.3])
+    chosen = select_groups(scores, 2, dynamic_sampling=True, groups_unit=3)
+    assert chosen.rows == [0, 1, 2, 3, 6, 7]
+    assert chosen.frac_zero_std == pytest.approx(0.2)
+    assert select_groups(scores, 2, dynamic_sampling=True, groups_unit=2).rows == [0, 1, 2, 3, 6, 7, 8, 9]
+    assert select_groups(scores, 2, dynamic_sampling=True, groups_unit=5).rows == []
+
+
+def test_keep_rows() -> None:
+    batch = rollout([1, 2, 3, 4], 2)
+    assert keep_rows(batch, [0, 1, 2, 3]) is batch
+    kept = keep_rows(batch, [2, 3])
+    assert kept.response_lens.tolist() == [3, 4]
+
+
+# ---- building the TrainBatch ---------------------------------------------------------------------
+
+
+def test_build_train_batch_broadcasts_advantages_on_the_mask() -> None:
+    batch = rollout([2, 3, 1, 4], group_size=2)
+    ref = torch.full_like(batch.rollout_logprobs, -0.5)
+    old = torch.full_like(batch.rollout_logprobs, -0.4)
+    algo = AlgorithmConfig()                                      # grpo, kl in the loss
+    train = build_train_batch(batch, torch.tensor([1.0, 0.0, 0.5, 0.5]), algo, kl_coef=0.1,
+                              ref_logprobs=ref, old_logprobs=old)
+    mask = batch.response_mask()
+    assert torch.equal(train.response_mask, mask)
+    # Group 0: scores 1 and 0 -> (+-0.5) / sample std sqrt(0.5) = +-1/sqrt(2); group 1: equal scores -> 0.
+    expected = torch.tensor([0.5 ** 0.5, -(0.5 ** 0.5), 0.0, 0.0])[:, None] * mask
+    assert torch.allclose(train.advantages, expected, atol=1e-5)
+    assert train.ref_logprobs is ref and train.old_logprobs is old
+    assert train.rollout_logprobs is batch.rollout_logprobs
+    assert torch.equal(train.tokens, batch.tokens) and torch.equal(train.cu_seqlens, batch.cu_seqlens)
+
+
+def test_build_train_batch_nan_scores_get_zero_advantage() -> None:
+    batch = rollout([2, 2, 2, 2], group_size=4)
+    train = build_train_batch(batch, scores_tensor([1.0, None, 0.0, 1.0]), AlgorithmConfig(),
+                              kl_coef=0.0, ref_logprobs=None, old_logprobs=None)
+    assert not torch.isnan(train.advantages).any()
+    assert torch.equal(train.advantages[1], torch.zeros(2))
+    assert train.advantages[0, 0] > 0 > train.advantages[2, 0]
+
+
+def test_overlong_mask_zeroes_truncated_rows() -> None:
+    batch = rollout([2, 4, 4, 1], group_size=2, truncated=[False, True, True, False])
+    algo = replace(AlgorithmConfig(), overlong_mask=True)
+    train = build_train_batch(batch, torch.tensor([0.0, 1.0, 1.0, 0.0]), algo, kl_coef=0.0,
+                              ref_logprobs=None, old_logprobs=None)
+    assert train.response_mask.tolist() == [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]
+    assert torch.equal(train.advantages[1], torch.zeros(4)) and torch.equal(train.advantages[2], torch.zeros(4))
+    assert train.advantages[0, 0] != 0
+    unmasked = build_train_batch(batch, torch.tensor([0.0, 1.0, 1.0, 0.0]), AlgorithmConfig(), kl_coef=0.0,
+                                 ref_logprobs=None, old_logprobs=None)
+    assert unmasked.response_mask[1].sum() == 4
+
+
+def test_kl_in_reward_lowers_scores_and_keeps_ref_out_of_the_loss() -> None:
+    batch = rollout([2, 2, 3, 1], group_size=2)
+    ref = batch.rollout_logprobs.clone()
+    ref[0, :2] = -1.5                                   # row 0 drifted from the reference on both tokens
+    scores = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    algo = replace(AlgorithmConfig(), adv_estimator="drgrpo", kl_placement="reward", kl_kind="k1")
+    train = build_train_batch(batch, scores, algo, kl_coef=0.5, ref_logprobs=ref, old_logprobs=None)
+    # k1 per token = logp - ref = -0.5 - (-1.5) = 1 on 2 tokens -> score 1 - 0.5 * 2 = 0 vs 1 for row 1.
+    # Dr. GRPO advantage = score - group mean: -0.5 and +0.5; group 1 has no KL and equal scores: 0.
+    assert train.advantages[:, 0].tolist() == pytest.approx([-0.5, 0.5, 0.0, 0.0])
+    assert train.ref_logprobs is None                    # KL is in the reward, not in the loss
+    off = build_train_batch(batch, scores, replace(algo, kl_placement="loss"), kl_coef=0.5, ref_logprobs=ref,
+                            old_logprobs=None)
+    assert off.advantages[:, 0].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.0])
+    assert off.ref_logprobs is ref
+    none = build_train_batch(batch, scores, replace(algo, kl_placement="none"), kl_coef=0.5, ref_logprobs=ref,
+                             old_logprobs=None)
+    assert none.ref_logprobs is None
+
+
+def test_kl_in_reward_ignores_padding_and_masked_rows() -> None:
+    batch = rollout([1, 1], group_size=2, truncated=[True, False])
+    ref = torch.full_like(batch.rollout_logprobs, -3.0)     # row 0 would carry KL, but it is truncated
+    algo = replace(AlgorithmConfig(), adv_estimator="drgrpo", kl_placement="reward", kl_kind="k1",
+                   overlong_mask=True)
+    train = build_train_batch(batch, torch.tensor([0.0, 0.0]), algo, kl_coef=1.0, ref_logprobs=ref,
+                              old_logprobs=None)
+    # Only row 1's token counts: k1 = 2.5 -> scores [0, -2.5] -> advantages [1.25, -1.25] (row 0 masked out).
+    assert train.advantages.tolist() == [[0.0], [-1.25]]
+
+
+def test_logprob_view() -> None:
+    batch = rollout([2, 3], group_size=2)
+    view = logprob_view(batch)
+    assert isinstance(view, TrainBatch)
+    assert torch.equal(view.response_mask, batch.response_mask())
+    assert torch.equal(view.advantages, torch.zeros(2, 3))
+    assert view.old_logprobs is None and view.ref_logprobs is None
+
+
+def test_shaped_scores_overlong_penalty() -> None:
+    batch = rollout([4, 6, 8, 10], group_size=2)
+    scores = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    assert shaped_scores(scores, batch, AlgorithmConfig(), budget=8) is scores
+    algo = replace(AlgorithmConfig(), overlong_shaping=True, overlong_buffer_len=4, overlong_penalty=1.0)
+    # Budget 8, buffer 4: no penalty up to 4 tokens, linear to -1 at 8, -1 beyond.
+    assert shaped_scores(scores, batch, algo, budget=8).tolist() == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    assert shaped_scores(scores, batch, replace(algo, overlong_penalty=0.5), budget=8).tolist() == \
+        pytest.approx([1.0, 0.75, 0.5, 0.5])
+
+
+# ---- schedules ------------------------------------------------------------------------------------
+
+
+def test_response_budget_grows_8k_to_20k() -> None:
+    cfg = replace(RolloutConfig(), max_response_length=20480,
+                  response_length_schedule=[[0, 8192], [400, 12288], [800, 20480]])
+    assert response_budget(cfg, 1) == 8192
+    assert response_budget(cfg, 400) == 8192
+    assert response_budget(cfg, 401) == 12288
+    assert response_budget(cfg, 800) == 12288
+    assert response_budget(cfg, 801) == 20480
+    assert response_budget(cfg, 5000) == 20480
+    assert response_budget(replace(RolloutConfig(), max_response_length=300), 7) == 300
+
+
+def test_response_budget_of_the_shipped_gpu_recipe() -> None:
+    cfg = OmegaConf.load(REPO / "configs" / "r1_zero_qwen2.5_7b_math.yaml")
+    rollout_cfg = replace(RolloutConfig(), max_response_length=cfg.rollout.max_response_length,
+                          response_length_schedule=OmegaConf.to_object(cfg.rollout.response_length_schedule))
+    budgets = [response_budget(rollout_cfg, step) for step in (1, cfg.trainer.total_steps)]
+    assert budgets == [8192, 20480]
+
+
+def _placement(ranks: int) -> Placement:
+    return Placement(pools={"train": ResourcePool(nodes=1, devices_per_node=ranks), "gen": ResourcePool()},
+                     roles={"actor": "train", "ref": "train", "rollout": "gen", "reward": "gen"})
+
+
+@pytest.mark.parametrize(
+    ("ranks", "mini_batches", "n", "unit"),
+    [(1, 1, 8, 1), (2, 1, 8, 1), (2, 1, 3, 2), (8, 8, 64, 1), (4, 2, 6, 4), (6, 1, 4, 3)],
+)
+def test_groups_unit(ranks: int, mini_batches: int, n: int, unit: int) -> None:
+    cfg = R1RayConfig()
+    cfg = replace(cfg, rollout=replace(cfg.rollout, n=n), algorithm=replace(cfg.algorithm, mini_batches=mini_batches))
+    got = groups_unit(cfg, _placement(ranks))
+    assert got == unit
+    # The smallest group count whose sequences split evenly over ranks x mini-batches.
+    assert (got * n) % (ranks * mini_batches) == 0
+    assert all((g * n) % (ranks * mini_batches) for g in range(1, got))
+
+
+# ---- redaction ----------------------------------------------------------------------------------
+
+
+def test_redact_replaces_nested_secrets_and_keeps_the_rest() -> None:
+    tree = {
+        "wandb": {"api_key": "abc123", "project": "r1ray"},
+        "hub": [{"token": "hf_xyz", "name": "Qwen/Qwen2.5-7B"}, {"HF_TOKEN": "hf_2"}],
+        "db": {"password": "hunter2", "passwd": "p", "host": "localhost", "port": 5432},
+        "oauth": {"client_secret": "s3", "access_token": "t0", "apiKey": "k", "authToken": "a"},
+        "empty": {"token": "", "password": None},
+        "lr": 1e-6,
+    }
+    out = redact(tree)
+    assert out["wandb"] == {"api_key": REDACTED, "project": "r1ray"}
+    assert out["hub"] == [{"token": REDACTED, "name": "Qwen/Qwen2.5-7B"}, {"HF_TOKEN": REDACTED}]
+    assert out["db"] == {"password": REDACTED, "passwd": REDACTED, "host": "localhost", "port": 5432}
+    assert set(out["oauth"].values()) == {REDACTED}
+    assert out["empty"] == {"token": "", "password": None}      # nothing to hide, and shows it is unset
+    assert out["lr"] == 1e-6
+    assert tree["wandb"]["api_key"] == "abc123"                  # a copy; the input is untouched
+
+
+def test_redact_keeps_fields_that_merely_mention_tokens() -> None:
+    tree = {"actor": {"micro_batch_tokens": 8192}, "max_tokens": 256, "tokenizer": "char", "token_ids": [1, 2]}
+    assert redact(tree) == tree
+
+
+def test_redacted_config_of_every_shipped_yaml_loads_back(tmp_path: Path) -> None:
+    # The config saved beside a checkpoint is redacted; it must still be a loadable config.
+    cfg = load_config(REPO / "configs" / "quickstart.yaml")
+    path = tmp_path / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(redact(config_to_dict(cfg)))))
+    assert load_config(path) == cfg
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+
+
+def _write_actor(directory: Path) -> None:
+    directory.mkdir(parents=True)
+    (directory / "shard_0.pt").write_text("weights")
+
+
+def _model_dir(tmp_path: Path) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    (model / "tokenizer.json").write_text("{}")
+    (model / "model.safetensors").write_text("big")
+    return model
+
+
+def test_checkpoint_save_layout_and_read_back(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path / "checkpoints", keep=2)
+    state = TrainerState(step=3, sampler={"epoch": 1, "position": 8}, run_id="run-abc")
+    torch.manual_seed(1234)
+    path = manager.save(state, write_actor=_write_actor, model_path=str(_model_dir(tmp_path)),
+                        config_yaml="rollout:\n  n: 4\n")
+    assert path == tmp_path / "checkpoints" / "step_000003"
+    assert (path / "COMPLETE").is_file() and (path / "actor" / "shard_0.pt").read_text() == "weights"
+    assert (path / "config.yaml").read_text() == "rollout:\n  n: 4\n"
+    assert sorted(p.name for p in (path / "hf").iterdir()) == ["config.json", "tokenizer.json"]  # no weights
+    expected_draw = torch.rand(3)
+    got_state, rng = read_checkpoint(path)
+    assert got_state == state
+    torch.set_rng_state(rng["torch"])
+    assert torch.equal(torch.rand(3), expected_draw)
+    assert manager.latest() == path
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_latest_ignores_incomplete_and_temporary_dirs_and_prunes(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    manager = CheckpointManager(root, keep=2)
+    assert manager.latest() is None                                  # no directory yet
+    for step in (1, 2, 3):
+        manager.save(TrainerState(step, {}, "r"), write_actor=_write_actor, model_path=str(tmp_path / "none"),
+                     config_yaml="")
+    assert [p.name for p in manager.complete()] == ["step_000002", "step_000003"]   # keep=2 pruned step 1
+    assert not (root / "step_000001").exists()
+    # A newer checkpoint that never finished, and a crashed write under its temporary name.
+    (root / "step_000009" / "actor").mkdir(parents=True)
+    (root / ".tmp-step_000010").mkdir()
+    (root / ".tmp-step_000010" / "COMPLETE").write_text("ok\n")
+    (root / "step_12").mkdir()                                        # not a step directory name
+    (root / "step_12" / "COMPLETE").write_text("ok\n")
+    assert manager.latest() == root / "step_000003"
+    # The next save prunes old complete ones and stale temporaries, never an incomplete step dir's data.
+    manager.save(TrainerState(4, {}, "r"), write_actor=_write_actor, model_path=str(tmp_path / "none"),
+                 config_yaml="")
+    assert [p.name for p in manager.complete()] == ["step_000003", "step_000004"]
+    assert not (root / ".tmp-step_000010").exists()
+    assert manager.latest() == root / "step_000004"
+
+
+def test_save_overwrites_a_checkpoint_of_the_same_step(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path, keep=3)
+    manager.save(TrainerState(5, {}, "a"), write_actor=_write_actor, model_path="", config_yaml="first")
+    path = manager.save(TrainerState(5, {}, "b"), write_actor=_write_actor, model_path="", config_yaml="second")
+    assert (path / "config.yaml").read_text() == "second"
+    assert read_checkpoint(path)[0].run_id == "b"
+
+
+def test_read_checkpoint_refuses_incomplete(tmp_path: Path) -> None:
+    incomplete = tmp_path / "step_000007"
+    incomplete.mkdir()
+    (incomplete / "trainer_state.json").write_text(json.dumps({"step": 7, "sampler": {}, "run_id": "x"}))
+    with pytest.raises(FileNotFoundError, match="not a complete r1ray checkpoint"):
+        read_checkpoint(incomplete)
+
+
+# ---- the actor's loss ---------------------------------------------------------------------------
+
+
+def _train_batch() -> TrainBatch:
+    """4 sequences with 3, 1, 4, 2 response tokens (R = 4), fixed logprobs, advantages and references."""
+    lens = torch.tensor([3, 1, 4, 2])
+    tokens, cu = pack([[1, 2] + [5] * int(n) for n in lens])
+    mask = (torch.arange(4)[None, :] < lens[:, None]).float()
+    g = torch.Generator().manual_seed(0)
+    old = -torch.rand(4, 4, generator=g) * mask
+    ref = -torch.rand(4, 4, generator=g) * mask
+    adv = torch.tensor([1.0, -0.5, 0.25, -1.0])[:, None] * mask
+    return TrainBatch(tokens=tokens, cu_seqlens=cu, prompt_lens=torch.full((4,), 2), response_mask=mask,
+                      advantages=adv, old_logprobs=old, ref_logprobs=ref, rollout_logprobs=old.clone())
+
+
+def _settings(agg: str, kl_coef: float = 0.1, entropy_coef: float = 0.0) -> LossSettings:
+    return LossSettings(clip_low=0.2, clip_high=0.28, dual_clip=None, agg=agg, norm_len=4, kl_kind="k3",
+                        kl_coef=kl_coef, entropy_coef=entropy_coef)
+
+
+def _logprobs(batch: TrainBatch) -> torch.Tensor:
+    return (batch.old_logprobs + 0.15 * torch.linspace(-1, 1, 16).reshape(4, 4)) * batch.response_mask
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_actor_loss_is_policy_loss_plus_kl(agg: str) -> None:
+    batch = _train_batch()
+    logprobs = _logprobs(batch)
+    mask = batch.response_mask
+    loss_fn = ActorLoss(_settings(agg), denominator(mask, agg), world_size=1)
+    loss, metrics = loss_fn(batch, logprobs, None)
+    pg, _ = policy_loss(logprobs, batch.old_logprobs, batch.advantages, mask, clip_low=0.2, clip_high=0.28, agg=agg,
+                        norm_len=4)
+    kl = aggregate_loss(kl_penalty(logprobs, batch.ref_logprobs, "k3"), mask, agg)
+    assert kl > 0
+    assert loss.item() == pytest.approx((pg + 0.1 * kl).item(), rel=1e-6)
+    assert metrics["actor/kl"] == pytest.approx(kl.item(), rel=1e-6)
+    assert metrics["actor/pg_loss"] == pytest.approx(pg.item(), rel=1e-6)
+    gap = ((logprobs - batch.rollout_logprobs).abs() * mask).sum() / mask.sum()
+    assert metrics["rollout/logprob_gap"] == pytest.approx(gap.item(), rel=1e-6)
+    # Without a reference (KL off) the loss is the policy loss alone.
+    no_ref = replace(batch, ref_logprobs=None)
+    loss_no_ref, metrics_no_ref = loss_fn(no_ref, logprobs, None)
+    assert loss_no_ref.item() == pytest.approx(pg.item(), rel=1e-6)
+    assert "actor/kl" not in metrics_no_ref
+
+
+def test_actor_loss_entropy_bonus_and_on_policy_default() -> None:
+    batch = replace(_train_batch(), old_logprobs=None)
+    logprobs = _logprobs(_train_batch())
+    mask = batch.response_mask
+    entropy = torch.full((4, 4), 2.0) * mask
+    loss, metrics = ActorLoss(_settings("token-mean", kl_coef=0.0, entropy_coef=0.01), float(mask.sum()), 1)(
+        replace(batch, ref_logprobs=None), logprobs, entropy)
+    # On-policy: ratio 1, so the loss is -mean(advantage) over tokens, minus the entropy bonus.
+    expected = -(batch.advantages * mask).sum() / mask.sum() - 0.01 * 2.0
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert metrics["actor/entropy"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_micro_batch_losses_sum_to_the_full_batch_loss(agg: str) -> None:
+    batch = _train_batch()
+    logprobs = _logprobs(batch).requires_grad_(True)
+    settings = _settings(agg)
+    full_loss, _ = ActorLoss(settings, denominator(batch.response_mask, agg), 1)(batch, logprobs, None)
+    full_grad, = torch.autograd.grad(full_loss, logprobs)
+
+    # Micro-batches of unequal size: rows {0} and {1, 2, 3}, weighted by the mini-batch's denominator.
+    global_den = denominator(batch.response_mask, agg)
+    loss_fn = ActorLoss(settings, global_den, 1)
+    total = torch.zeros(())
+    for rows in ([0], [1, 2, 3]):
+        micro = replace(batch, response_mask=batch.response_mask[rows], advantages=batch.advantages[rows],
+                        old_logprobs=batch.old_logprobs[rows], ref_logprobs=batch.ref_logprobs[rows],
+                        rollout_logprobs=batch.rollout_logprobs[rows], prompt_lens=batch.prompt_lens[rows])
+        part, _ = loss_fn(micro, logprobs[rows], None)
+        total = total + part
+    assert total.item() == pytest.approx(full_loss.item(), rel=1e-5)
+    micro_grad, = torch.autograd.grad(total, logprobs)
+    assert torch.allclose(micro_grad, full_grad, atol=1e-7)
+
+
+def test_micro_batch_weighting_across_ranks() -> None:
+    # Two ranks each holding half the rows: FSDP averages their gradients, so each rank's weighted loss
+    # carries a factor world_size, and the mean over ranks equals the full-batch loss.
+    batch = _train_batch()
+    logprobs = _logprobs(batch)
+    agg = "token-mean"
+    full, _ = ActorLoss(_settings(agg), denominator(batch.response_mask, agg), 1)(batch, logprobs, None)
+    shards = split_batch(batch, 2)
+    lp_shards = [logprobs[:2], logprobs[2:]]
+    global_den = sum(denominator(s.response_mask, agg) for s in shards)
+    per_rank = [ActorLoss(_settings(agg), global_den, 2)(s, lp, None)[0] for s, lp in zip(shards, lp_shards)]
+    assert (sum(per_rank) / 2).item() == pytest.approx(full.item(), rel=1e-6)
+    assert concat_batches(shards).advantages.shape == batch.advantages.shape
+
+
+def test_denominator() -> None:
+    mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    assert denominator(mask, "token-mean") == 3.0
+    assert denominator(mask, "seq-mean-token-mean") == 2.0
+    assert denominator(mask, "seq-mean-token-sum-norm") == 2.0
+
+
+# ---- packed forward layout ---------------------------------------------------------------------
+
+
+def test_pack_for_forward_layout() -> None:
+    # Sequences: prompt [1, 2] + response [3, 4]; prompt [5] + response [6, 7, 8].
+    tokens, cu = pack([[1, 2, 3, 4], [5, 6, 7, 8]])
+    packed = pack_for_forward(tokens, cu, torch.tensor([2, 1]), width=3)
+    assert packed.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 3]]
+    # The logit at position j predicts token j + 1: responses start at flat positions 2 and 5.
+    assert packed.keep.tolist() == [1, 2, 4, 5, 6]
+    assert packed.targets.tolist() == [3, 4, 6, 7, 8]
+    assert tokens[packed.keep + 1].tolist() == packed.targets.tolist()
+    assert packed.response_lens.tolist() == [2, 3]
+
+
+def test_token_logprobs_and_entropy() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 11, generator=g)
+    targets = torch.tensor([0, 3, 10, 7, 7])
+    for temperature in (1.0, 0.7):
+        expected = torch.log_softmax(logits / temperature, -1)[torch.arange(5), targets]
+        assert torch.allclose(token_logprobs(logits, targets, temperature), expected, atol=1e-6)
+        probs = torch.softmax(logits / temperature, -1)
+        assert torch.allclose(token_entropy(logits, temperature), -(probs * probs.log()).sum(-1), atol=1e-5)
+    # Greedy (temperature 0) scores with the raw logits.
+    assert torch.allclose(token_logprobs(logits, targets, 0.0), token_logprobs(logits, targets, 1.0))
+    assert token_logprobs(logits.to(torch.bfloat16), targets, 1.0).dtype == torch.float32
