@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
 from pathlib import Path
@@ -46,8 +47,7 @@ class JsonlTracker:
     def __init__(self, path: Path, start_step: int):
         self.path = path
         if path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= start_step]
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, path)
@@ -59,6 +59,15 @@ class JsonlTracker:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity (dropped on resume) for a blank line or one that a crash
+    cut short, which would otherwise make the run impossible to resume."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf
 
 
 class TensorBoardTracker:

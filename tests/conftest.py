@@ -1,4 +1,4 @@
-"""Fixtures shared by tests/ray and tests/e2e: one local Ray cluster, one tiny model, small configs.
+"""Fixtures shared by the Ray tests: one local Ray cluster, one tiny model, a small config.
 
 Starting Ray and its worker processes dominates the cost of these tests on a 2-core machine, so the
 cluster and the tiny model are built once per session and reused by every test that asks for them.
@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "configs" / "quickstart.yaml"
-
 # The tiny model every Ray test trains: big enough for FSDP to shard two decoder layers, small enough to
 # start and step in well under a second.
 TINY = {"hidden": 32, "layers": 2, "heads": 4, "kv_heads": 2, "max_position_embeddings": 256}
@@ -20,7 +17,8 @@ TINY = {"hidden": 32, "layers": 2, "heads": 4, "kv_heads": 2, "max_position_embe
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray cluster for the session (4 CPUs: the quickstart placement needs 3 bundles).
+    """One local Ray cluster for the session: 4 CPUs, so that a Trainer's placement (3 CPU bundles) fits
+    beside the smaller groups other tests keep alive.
 
     R1RAY_LOOPBACK makes every rendezvous use 127.0.0.1, as the embedded cluster of `r1ray train` does;
     the Trainer run in-process finds Ray initialised and joins this cluster.
@@ -40,18 +38,41 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny", **TINY)
 
 
-def small_config(model_path: Path, out_dir: Path, *overrides: str):
-    """The quickstart config shrunk for tests: the tiny model above, short prompts and responses, no
-    trackers but metrics.jsonl, no reference model (KL off) unless an override asks for one."""
+# The run the Ray tests train: spelled out here rather than derived from configs/quickstart.yaml, whose
+# shape (stages, sizes, placement) changes with what the quickstart demonstrates.
+TEST_CONFIG = """
+model: {init_tiny: false}
+data:
+  template: chat
+  prompts_per_step: 2
+  generate: {task: arithmetic, train_size: 32, val_size: 0, digits: 1}
+rollout: {n: 4, temperature: 1.0, max_prompt_length: 48, max_response_length: 16}
+algorithm: {adv_estimator: grpo, kl_placement: none}
+actor: {lr: 1.0e-4, micro_batch_tokens: 1024}
+reward: {functions: [auto, format], weights: [1.0, 0.1], processes: 1}
+placement:
+  pools:
+    train: {nodes: 1, devices_per_node: 2, device: cpu, cpus_per_bundle: 1}
+    gen: {nodes: 1, devices_per_node: 1, device: cpu, cpus_per_bundle: 1}
+  actor: train
+  ref: train
+  rollout: gen
+  reward: gen
+trainer: {eval_every: 0, eval_before_train: false, startup_timeout_s: 120, collective_timeout_s: 120}
+logging: {console: false, jsonl: true, tensorboard: false, wandb: false}
+"""
+
+
+@pytest.fixture(scope="session")
+def small_config(tiny_model, tmp_path_factory):
+    """`small_config(out_dir, *overrides)`: a small GRPO run of the tiny model (2 FSDP actor ranks, one
+    rollout engine, one reward worker, no reference model) writing into `out_dir`."""
     from r1ray.config import load_config
 
-    base = [
-        f"model.path={model_path}", "model.init_tiny=false",
-        f"trainer.output_dir={out_dir}", "trainer.eval_every=0", "trainer.eval_before_train=false",
-        "trainer.startup_timeout_s=120", "trainer.collective_timeout_s=120",
-        "data.prompts_per_step=2", "data.generate.train_size=32", "data.generate.val_size=0",
-        "rollout.n=4", "rollout.max_prompt_length=48", "rollout.max_response_length=16",
-        "actor.micro_batch_tokens=1024", "algorithm.kl_placement=none",
-        "logging.wandb=false", "logging.tensorboard=false", "logging.console=false",
-    ]
-    return load_config(QUICKSTART, [*base, *overrides])
+    path = tmp_path_factory.mktemp("config") / "small.yaml"
+    path.write_text(TEST_CONFIG)
+
+    def make(out_dir: Path, *overrides: str):
+        return load_config(path, [f"model.path={tiny_model}", f"trainer.output_dir={out_dir}", *overrides])
+
+    return make

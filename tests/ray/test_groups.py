@@ -137,18 +137,20 @@ def test_create_refuses_a_placement_larger_than_the_cluster(ray_cluster):
 
 
 def test_colocated_roles_get_fractional_shares(ray_cluster):
-    placement = Placement(pools={"train": ResourcePool(devices_per_node=2, cpus_per_bundle=1.0),
-                                 "gen": ResourcePool(devices_per_node=1, cpus_per_bundle=1.0)},
-                          roles={"actor": "train", "ref": "train", "rollout": "gen", "reward": "gen"})
+    placement = Placement(pools={"coloc": ResourcePool(devices_per_node=2, cpus_per_bundle=0.5),
+                                 "alone": ResourcePool(devices_per_node=1, cpus_per_bundle=0.5)},
+                          roles={"actor": "coloc", "ref": "coloc", "rollout": "coloc", "reward": "alone"})
     slots = placement.create(timeout_s=60)
     try:
-        assert [s.rank for s in slots["actor"]] == [0, 1] and [s.rank for s in slots["ref"]] == [0, 1]
-        for role in ("actor", "ref", "rollout", "reward"):
-            assert all(s.num_cpus == pytest.approx(0.5) and s.num_gpus == 0.0 for s in slots[role]), role
-        # Colocated roles share the same bundles of the same placement group.
-        assert [(s.placement_group.id, s.bundle_index) for s in slots["actor"]] == \
-               [(s.placement_group.id, s.bundle_index) for s in slots["ref"]]
-        assert slots["rollout"][0].placement_group.id != slots["actor"][0].placement_group.id
+        for role in ("actor", "ref", "rollout"):
+            assert [s.rank for s in slots[role]] == [0, 1]
+            assert all(s.num_cpus == pytest.approx(0.5 / 3) and s.num_gpus == 0.0 for s in slots[role]), role
+        assert slots["reward"][0].num_cpus == pytest.approx(0.5)
+        # Colocated roles share the same bundles of the same placement group; the other pool has its own.
+        bundles = {role: [(s.placement_group.id, s.bundle_index) for s in slots[role]] for role in slots}
+        assert bundles["actor"] == bundles["ref"] == bundles["rollout"]
+        assert len({pg for pg, _ in bundles["actor"]}) == 1
+        assert bundles["reward"][0][0] != bundles["actor"][0][0]
     finally:
         _release([s for role_slots in slots.values() for s in role_slots])
 

@@ -1,0 +1,65 @@
+"""`r1ray train` as a user runs it: the console script in a subprocess, starting its own Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+
+STEP_METRICS = ("reward/mean", "actor/pg_loss", "actor/grad_norm", "timing_s/generate", "perf/throughput",
+                "frac_reward_zero_std", "response_length/clip_ratio", "rollout/logprob_gap")
+
+
+def _r1ray(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    exe = shutil.which("r1ray")
+    assert exe, "the r1ray console script is not installed (pip install -e .)"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}   # start the embedded cluster
+    return subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.timeout(420)
+def test_quickstart_grpo_run_trains_three_steps(tmp_path):
+    """One GRPO run of the quickstart config (its pipeline stages are covered by test_pipeline_commands),
+    with the reference model on so that every role runs: actor, reference, rollout and reward."""
+    out = tmp_path / "out"
+    done = _r1ray("train", "--config", str(QUICKSTART), "stages=[]", "trainer.total_steps=3",
+                  f"trainer.output_dir={out}", f"model.path={tmp_path / 'model'}", "data.generate.val_size=8",
+                  "algorithm.kl_placement=loss", "logging.console=false", cwd=tmp_path, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"done: output in {out}" in done.stdout
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["step"] > 0]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    for row in steps:
+        missing = [k for k in (*STEP_METRICS, "actor/kl") if k not in row]
+        assert not missing, (row["step"], missing)
+        assert 0.0 <= row["frac_reward_zero_std"] <= 1.0 and 0.0 <= row["response_length/clip_ratio"] <= 1.0
+        assert row["perf/throughput"] > 0 and row["timing_s/generate"] > 0 and row["actor/grad_norm"] >= 0
+    # The policy starts as the reference: KL is zero before the first update has moved it.
+    assert steps[0]["actor/kl"] == pytest.approx(0.0, abs=1e-6) and steps[-1]["actor/kl"] > 0
+    # Held-out evaluation before training (step 0) and at the last step.
+    assert rows[0]["step"] == 0 and "eval/pass@1" in rows[0] and "eval/pass@1" in steps[-1]
+    assert any((out / "tensorboard").glob("events.out.tfevents.*"))
+    checkpoint = out / "checkpoints" / "step_000003"
+    assert (checkpoint / "COMPLETE").is_file() and (checkpoint / "actor").is_dir()
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 3
+    assert (tmp_path / "model" / "config.json").is_file()       # the tiny model was built on first use
+
+
+@pytest.mark.timeout(120)
+def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path):
+    done = _r1ray("train", "--config", str(QUICKSTART), "rollout.n=1", cwd=tmp_path, timeout=100)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: rollout.n:") and "n must be >= 2" in lines[0]
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "runs").exists()      # rejected before anything was written

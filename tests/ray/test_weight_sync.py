@@ -1,0 +1,82 @@
+"""Weight sync from 2 FSDP2 actor ranks to an HF rollout engine over a real gloo group: the engine ends
+up with the actor's full weights bit for bit, and a damaged sync is caught by the checksums."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+import torch
+
+from r1ray.workers.weight_sync import Checksum, WeightSyncError, bucket_plan, checksum_of, verify_checksums
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_bucket_plan_groups_consecutive_same_dtype_up_to_the_budget():
+    manifest = [
+        ("a", (4, 4), "torch.float32"),      # 64 bytes
+        ("b", (8,), "torch.float32"),        # 32
+        ("c", (8,), "torch.float32"),        # 32 -> would make 128 > 100: new bucket
+        ("d", (100,), "torch.float32"),      # 400: larger than a bucket, alone
+        ("e", (4,), "torch.float32"),        # 16
+        ("f", (4,), "torch.bfloat16"),       # 8, other dtype: new bucket
+        ("g", (4,), "torch.bfloat16"),       # 8
+        ("h", (2,), "torch.float32"),        # dtype changes back: new bucket
+    ]
+    assert bucket_plan(manifest, bucket_bytes=100) == [[0, 1], [2], [3], [4], [5, 6], [7]]
+    assert bucket_plan(manifest, bucket_bytes=1 << 20) == [[0, 1, 2, 3, 4], [5, 6], [7]]
+    assert bucket_plan([], bucket_bytes=100) == []
+
+
+def test_the_update_changed_the_actor(actor_rollout):
+    """The sync tests below are only meaningful if the actor's weights moved away from the rollout's."""
+    changed = [n for n in actor_rollout.updated if not torch.equal(actor_rollout.updated[n], actor_rollout.initial[n])]
+    assert len(changed) == len(actor_rollout.updated)
+    assert all(m["actor/grad_norm"] > 0 for m in actor_rollout.update_metrics)
+
+
+def test_sync_gives_the_rollout_engine_the_actors_weights_bit_for_bit(actor_rollout):
+    ar = actor_rollout
+    names = [name for name, _, _ in ar.manifest]
+    assert len(bucket_plan(ar.manifest, ar.bucket_bytes)) > 3   # really bucketed
+    sent, received = ar.sync()
+    verify_checksums(sent, received)
+    engine = ray.get(ar.rollout.call_async("weights"))[0]
+    actor = ar.actor.call("full_weights")[0]
+    assert sorted(engine) == sorted(names)
+    for name in names:
+        assert engine[name].dtype == actor[name].dtype == torch.float32, name
+        assert torch.equal(engine[name], actor[name]), name
+    # Tied input/output embeddings travel once and stay tied in the engine.
+    assert "lm_head.weight" not in names
+    assert torch.equal(actor["lm_head.weight"], engine["model.embed_tokens.weight"])
+
+
+def test_a_wrong_receiver_checksum_fails_naming_the_engine(actor_rollout):
+    sent, received = actor_rollout.sync()
+    verify_checksums(sent, received + received)
+    with pytest.raises(WeightSyncError, match=r"rollout engine\(s\) \[1\] hold weights that differ") as err:
+        verify_checksums(sent, [received[0], "0" * 32, received[0]])
+    assert sent[:12] in str(err.value)
+
+
+def test_a_damaged_engine_weight_changes_its_checksum_and_a_sync_repairs_it(actor_rollout):
+    ar = actor_rollout
+    sent, received = ar.sync()
+    assert received == [sent]
+    picked = sorted(Checksum(len(ar.manifest)).picked)
+    assert picked[0] == 0 and picked[-1] == len(ar.manifest) - 1
+    # Damage one sampled tensor in the middle of the model, inside the live engine.
+    name = ar.manifest[picked[len(picked) // 2]][0]
+    ray.get(ar.rollout.call_async("perturb", name))
+    held = ray.get(ar.rollout.call_async("held_checksum", ar.manifest))
+    assert held != [sent]
+    with pytest.raises(WeightSyncError, match=r"rollout engine\(s\) \[0\]"):
+        verify_checksums(sent, held)
+    # The same checksum, computed here from the engine's weights, agrees: the probe hashes what is held.
+    engine = ray.get(ar.rollout.call_async("weights"))[0]
+    assert [checksum_of(ar.manifest, engine)] == held
+    # The next sync overwrites the damage.
+    sent_again, received_again = ar.sync()
+    assert sent_again == sent and received_again == [sent]
+    assert torch.equal(ray.get(ar.rollout.call_async("weights"))[0][name], ar.updated[name])
