@@ -14,7 +14,7 @@ from pathlib import Path
 
 from r1ray.config import R1RayConfig
 from r1ray.data import write_rows
-from r1ray.evaluation import FilterStats, filter_sft_rows, normalize_text
+from r1ray.evaluation import FilterStats, extract_final_answer, filter_sft_rows, normalize_text
 from r1ray.protocol import RolloutBatch, SamplingParams
 from r1ray.workers.placement import Placement
 
@@ -37,6 +37,10 @@ def candidates(rollout: RolloutBatch, correct: list[bool], prompts: list) -> lis
              for i in range(g * n, (g + 1) * n)] for g in range(len(rollout) // n)]
 
 
+def _correct_and_formatted(row: dict) -> bool:
+    return row["correct"] and extract_final_answer(row["response"]) is not None
+
+
 def select(groups: list[list[dict]], keep: int, language: str,
            seen: dict[str, set[str]] | None = None) -> tuple[list[dict], FilterStats]:
     """SFT rows from candidate groups: correct, finished, filtered, at most `keep` distinct responses per
@@ -47,8 +51,9 @@ def select(groups: list[list[dict]], keep: int, language: str,
     total = FilterStats()
     kept: list[dict] = []
     for group in groups:
-        # A truncated response never finished its answer: R1 drops it as overlong.
-        rows, stats = filter_sft_rows(group, "response", correct=lambda r: r["correct"],
+        # A truncated response never finished its answer: R1 drops it as overlong. A response the accuracy
+        # reward accepts from a bare number, with no <answer> (or \boxed) to read, would teach a broken format.
+        rows, stats = filter_sft_rows(group, "response", correct=_correct_and_formatted,
                                       max_length=0, length=lambda r: int(r["truncated"]),
                                       language=language or None)
         for r in rows:
