@@ -192,8 +192,9 @@ def _placement_rules(cfg: R1RayConfig) -> list[str]:
     tp = cfg.rollout.tensor_parallel_size
     if rollout_size and (tp < 1 or rollout_size % tp):
         problems.append(f"rollout.tensor_parallel_size: {tp} must divide the rollout pool's {rollout_size} devices")
-    if cfg.actor.engine == "deepspeed" and cfg.actor.zero_stage not in (1, 2, 3):
-        problems.append("actor.zero_stage: must be 1, 2 or 3")
+    if cfg.actor.engine == "deepspeed":
+        # The TrainEngine protocol has one implementation so far; fail here, not in a worker at start-up.
+        problems.append("actor.engine: the DeepSpeed engine is not available in this release; use fsdp2")
     return problems
 
 

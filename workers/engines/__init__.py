@@ -8,16 +8,12 @@ from r1ray.workers.engines.base import EngineSpec, LossFn, RolloutEngine, TrainE
 
 
 def build_train_engine(kind: str, spec: EngineSpec, device: torch.device) -> TrainEngine:
-    """The engine named by `actor.engine`; DeepSpeed is imported only when asked for."""
+    """The engine named by `actor.engine` (config validation has already rejected unavailable ones)."""
     if kind == "fsdp2":
         from r1ray.workers.engines.fsdp2 import FSDP2Engine
 
         return FSDP2Engine(spec, device)
-    if kind == "deepspeed":
-        from r1ray.workers.engines.deepspeed_engine import DeepSpeedEngine
-
-        return DeepSpeedEngine(spec, device)
-    raise ValueError(f"actor.engine: unknown engine '{kind}' (fsdp2, deepspeed)")
+    raise ValueError(f"actor.engine: unknown engine '{kind}' (available: fsdp2)")
 
 
 __all__ = ["EngineSpec", "LossFn", "RolloutEngine", "TrainEngine", "build_train_engine"]
