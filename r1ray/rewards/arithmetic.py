@@ -1,8 +1,10 @@
 """Exact-integer reward for the generated arithmetic task.
 
-The answer is the ``<answer>`` content, else the last ``\\boxed{}``, else the last number; inside
-it, the last number counts ("= 42" and "42." both give 42). It is compared to the ground truth as
-an integer, so "42.0" and "1,234" are fine and "42.5" is wrong.
+The answer is the ``<answer>`` content, else the last ``\\boxed{}``; inside it, the last number counts
+("= 42" and "42." both give 42). It is compared to the ground truth as an integer, so "42.0" and
+"1,234" are fine and "42.5" is wrong. A response without an answer tag or box scores 0: as in R1, the
+answer must come in the specified format. (A bare-last-number fallback let a policy learn to drop the
+answer tag and still collect the accuracy reward.)
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def arithmetic_reward(response: str, ground_truth: str, extra: dict) -> Optional
     if target is None:
         logger.debug("arithmetic: ground truth is not an integer: %.80r", ground_truth)
         return None
-    answer = extract_final_answer(response)
+    answer = extract_final_answer(response, number_fallback=False)
     if answer is None:
         return 0.0
     return 1.0 if as_integer(answer) == target else 0.0

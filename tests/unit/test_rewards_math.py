@@ -119,7 +119,8 @@ def test_simplerl(response: str, expected: float) -> None:
         ("<answer>1,234</answer>", "1234", 1.0),
         ("<answer>-7</answer>", "-7", 1.0),
         ("\\boxed{42} and later 7", "42", 1.0),
-        ("so 3 + 4 = 7", "7", 1.0),
+        ("so 3 + 4 = 7", "7", 0.0),  # no answer tag or box: the format is part of the answer
+        ("<think>3 + 4 = 7</answer></answer>", "7", 0.0),
         ("<answer>42.5</answer>", "42", 0.0),
         ("<answer>41</answer>", "42", 0.0),
         ("nothing", "42", 0.0),
