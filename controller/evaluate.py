@@ -17,7 +17,7 @@ from r1ray.rewards import ScoreBatch
 from r1ray.workers.placement import Placement
 
 from r1ray.controller.inference import InferenceRoles, correct_flags
-from r1ray.controller.ray_cluster import connect
+from r1ray.controller.ray_cluster import connect_for
 from r1ray.controller.run_setup import build_datasets, prepare_files, prompt_batch
 from r1ray.controller.schedule import response_budget
 
@@ -66,8 +66,7 @@ def run_eval(cfg: R1RayConfig, placement: Placement | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = prepare_files(cfg)
     placement = placement or Placement.from_config(cfg.placement)
-    connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, needed_cpus=placement.required().get("CPU", 1.0),
-            dashboard=cfg.ray.dashboard, dashboard_host=cfg.ray.dashboard_host, namespace=cfg.ray.namespace)
+    connect_for(cfg.ray, placement)
     data = build_datasets(cfg)
     e = cfg.eval
     sampling = SamplingParams(n=e.n, temperature=e.temperature, top_p=e.top_p,

@@ -56,3 +56,9 @@ def dashboard_exposure_warning(dashboard: bool, host: str, token_auth: bool) -> 
     return (f"the Ray dashboard listens on {host} without token authentication: anyone who reaches it can run "
             f"code on this machine through the job API (export RAY_AUTH_MODE=token before starting, or set "
             f"ray.dashboard_host=127.0.0.1)")
+
+
+def connect_for(ray_cfg, placement) -> str:
+    """`connect` with the config's `ray` section, sized for `placement` (a workers.placement.Placement)."""
+    return connect(ray_cfg.address, num_cpus=ray_cfg.num_cpus, needed_cpus=placement.required().get("CPU", 1.0),
+                   dashboard=ray_cfg.dashboard, dashboard_host=ray_cfg.dashboard_host, namespace=ray_cfg.namespace)

@@ -19,7 +19,7 @@ from r1ray.protocol import RolloutBatch, SamplingParams
 from r1ray.workers.placement import Placement
 
 from r1ray.controller.inference import InferenceRoles, correct_flags
-from r1ray.controller.ray_cluster import connect
+from r1ray.controller.ray_cluster import connect_for
 from r1ray.controller.run_setup import build_datasets, prepare_files, prompt_batch
 from r1ray.controller.schedule import response_budget
 
@@ -74,8 +74,7 @@ def run_sample(cfg: R1RayConfig, placement: Placement | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = prepare_files(cfg)
     placement = placement or Placement.from_config(cfg.placement)
-    connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, needed_cpus=placement.required().get("CPU", 1.0),
-            dashboard=cfg.ray.dashboard, dashboard_host=cfg.ray.dashboard_host, namespace=cfg.ray.namespace)
+    connect_for(cfg.ray, placement)
     data = build_datasets(cfg)
     s = cfg.sample
     sampling = SamplingParams(n=s.k, temperature=s.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,

@@ -23,7 +23,7 @@ from r1ray.workers.group import WorkerGroup
 from r1ray.workers.placement import Placement
 
 from r1ray.controller.metrics import StageTimer, mean_over_ranks
-from r1ray.controller.ray_cluster import connect
+from r1ray.controller.ray_cluster import connect_for
 from r1ray.controller.roles import engine_spec, loss_settings, shutdown_groups
 from r1ray.controller.run_setup import column_map, prepare_files
 from r1ray.controller.tracking import Trackers
@@ -73,8 +73,7 @@ def run_sft(cfg: R1RayConfig, placement: Placement | None = None) -> Path:
         raise ValueError(f"sft.sequences_per_step: {per_step} exceeds the {len(examples)} SFT examples; lower it")
     total = steps_per_epoch * cfg.sft.epochs
     total = min(total, cfg.sft.max_steps) if cfg.sft.max_steps else total
-    connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, needed_cpus=placement.required().get("CPU", 1.0),
-            dashboard=cfg.ray.dashboard, dashboard_host=cfg.ray.dashboard_host, namespace=cfg.ray.namespace)
+    connect_for(cfg.ray, placement)
     spec = replace(engine_spec(cfg, total), lr=cfg.sft.lr or cfg.actor.lr)
     slots = placement.create(cfg.trainer.startup_timeout_s)
     actor = WorkerGroup("actor", ActorWorker, slots["actor"], startup_timeout_s=cfg.trainer.startup_timeout_s,

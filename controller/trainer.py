@@ -29,7 +29,7 @@ from r1ray.controller.checkpoint import CheckpointManager, TrainerState, read_ch
 from r1ray.controller.evaluate import evaluate_dataset, training_eval_sampling
 from r1ray.controller.inference import correct_flags, gather_scores, generate, score_async
 from r1ray.controller.metrics import StageTimer, mean_over_ranks, rollout_metrics, throughput
-from r1ray.controller.ray_cluster import connect
+from r1ray.controller.ray_cluster import connect_for
 from r1ray.controller.roles import Roles, build_roles
 from r1ray.controller.run_setup import Datasets, build_datasets, prepare_files, prompt_batch
 from r1ray.controller.schedule import groups_unit, response_budget
@@ -57,9 +57,7 @@ class Trainer:
         """Files, cluster, data, workers; resume if asked. Returns (start step, tracker run id)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.cfg = prepare_files(self.cfg)
-        where = connect(self.cfg.ray.address, num_cpus=self.cfg.ray.num_cpus,
-                        needed_cpus=self.placement.required().get("CPU", 1.0), dashboard=self.cfg.ray.dashboard,
-                        dashboard_host=self.cfg.ray.dashboard_host, namespace=self.cfg.ray.namespace)
+        where = connect_for(self.cfg.ray, self.placement)
         logger.info("ray: %s", where)
         self.data = build_datasets(self.cfg)
         cur = self.cfg.data.curriculum
