@@ -17,8 +17,7 @@ from r1ray.rewards import ScoreBatch
 from r1ray.workers.placement import Placement
 
 from r1ray.controller.inference import InferenceRoles, correct_flags
-from r1ray.controller.ray_cluster import connect_for
-from r1ray.controller.run_setup import build_datasets, prepare_files, prompt_batch
+from r1ray.controller.run_setup import prompt_batch, start_inference_run
 from r1ray.controller.schedule import response_budget
 
 logger = logging.getLogger(__name__)
@@ -63,11 +62,7 @@ def run_eval(cfg: R1RayConfig, placement: Placement | None = None) -> dict:
         raise ValueError("data.val_files: empty; `r1ray eval` needs held-out prompts (data.val_files, or "
                          "data.generate with val_size > 0 and no data.train_files)")
     out_dir = Path(cfg.trainer.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = prepare_files(cfg)
-    placement = placement or Placement.from_config(cfg.placement)
-    connect_for(cfg.ray, placement)
-    data = build_datasets(cfg)
+    cfg, placement, data = start_inference_run(cfg, placement)
     e = cfg.eval
     sampling = SamplingParams(n=e.n, temperature=e.temperature, top_p=e.top_p,
                               max_new_tokens=response_budget(cfg.rollout, 10**9), seed=cfg.trainer.seed)

@@ -10,6 +10,9 @@ from r1ray.config import R1RayConfig
 from r1ray.data import ColumnMap, PromptDataset, PromptItem, load_rows, make_task
 from r1ray.models import ensure_tiny_model, load_tokenizer
 from r1ray.protocol import PromptBatch
+from r1ray.workers.placement import Placement
+
+from r1ray.controller.ray_cluster import connect_for
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +90,16 @@ def build_datasets(cfg: R1RayConfig) -> Datasets:
     logger.info("data: %d training prompts (%d dropped as too long), %s held-out, %d level(s)", len(train),
                 train.n_dropped, len(val) if val else "no", len(levels))
     return Datasets(train, val, levels)
+
+
+def start_inference_run(cfg: R1RayConfig, placement: Placement | None) -> tuple[R1RayConfig, Placement, Datasets]:
+    """What `r1ray eval` and `r1ray sample` do before their workers start: output dir, generated files,
+    the Ray connection sized for the placement, and the prompt datasets."""
+    Path(cfg.trainer.output_dir).mkdir(parents=True, exist_ok=True)
+    cfg = prepare_files(cfg)
+    placement = placement or Placement.from_config(cfg.placement)
+    connect_for(cfg.ray, placement)
+    return cfg, placement, build_datasets(cfg)
 
 
 def prompt_batch(items: list[PromptItem]) -> PromptBatch:

@@ -19,8 +19,7 @@ from r1ray.protocol import RolloutBatch, SamplingParams
 from r1ray.workers.placement import Placement
 
 from r1ray.controller.inference import InferenceRoles, correct_flags
-from r1ray.controller.ray_cluster import connect_for
-from r1ray.controller.run_setup import build_datasets, prepare_files, prompt_batch
+from r1ray.controller.run_setup import prompt_batch, start_inference_run
 from r1ray.controller.schedule import response_budget
 
 logger = logging.getLogger(__name__)
@@ -71,11 +70,7 @@ def select(groups: list[list[dict]], keep: int, language: str,
 
 def run_sample(cfg: R1RayConfig, placement: Placement | None = None) -> Path:
     out_dir = Path(cfg.trainer.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = prepare_files(cfg)
-    placement = placement or Placement.from_config(cfg.placement)
-    connect_for(cfg.ray, placement)
-    data = build_datasets(cfg)
+    cfg, placement, data = start_inference_run(cfg, placement)
     s = cfg.sample
     sampling = SamplingParams(n=s.k, temperature=s.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
                               max_new_tokens=response_budget(cfg.rollout, 10**9), seed=cfg.trainer.seed)
