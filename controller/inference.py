@@ -5,20 +5,12 @@ from __future__ import annotations
 import ray
 
 from r1ray.config import R1RayConfig
-from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, chunk_rows, concat_batches
+from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, chunk_rows
 from r1ray.rewards import RewardItem, ScoreBatch
 from r1ray.workers.group import WorkerGroup
 from r1ray.workers.placement import Placement
-from r1ray.workers.reward import RewardWorker
-from r1ray.workers.rollout import RolloutWorker
 
-from r1ray.controller.roles import reward_spec, rollout_kwargs, shutdown_groups
-
-
-def generate(rollout: WorkerGroup, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
-    """Prompts spread over the rollout engines; rows come back grouped by prompt, in prompt order."""
-    refs = rollout.scatter_async("generate", prompts, even=False, sampling=sampling)
-    return concat_batches([b for b in ray.get(refs) if len(b)])
+from r1ray.controller.roles import build_reward_group, build_rollout_group, shutdown_groups
 
 
 def score_async(reward: WorkerGroup, rollout: RolloutBatch) -> list[ray.ObjectRef]:
@@ -49,17 +41,12 @@ class InferenceRoles:
         if model_path:
             cfg = replace(cfg, model=replace(cfg.model, path=model_path))
         slots = placement.only(["rollout", "reward"]).create(cfg.trainer.startup_timeout_s)
-        timeout = cfg.trainer.startup_timeout_s
-        tp = cfg.rollout.tensor_parallel_size
-        self.rollout = WorkerGroup("rollout", RolloutWorker, slots["rollout"][::tp], startup_timeout_s=timeout,
-                                   distributed=False, init_kwargs=dict(engine_kind=cfg.rollout.engine,
-                                                                      engine_kwargs=rollout_kwargs(cfg)))
-        self.reward = WorkerGroup("reward", RewardWorker, slots["reward"], startup_timeout_s=timeout,
-                                  distributed=False, init_kwargs=dict(spec=reward_spec(cfg)))
+        self.rollout = build_rollout_group(cfg, slots["rollout"])
+        self.reward = build_reward_group(cfg, slots["reward"])
         ray.get(self.rollout.call_async("setup") + self.reward.call_async("setup"))
 
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
-        return generate(self.rollout, prompts, sampling)
+        return self.rollout.generate(prompts, sampling)
 
     def score(self, rollout: RolloutBatch) -> ScoreBatch:
         return gather_scores(score_async(self.reward, rollout))

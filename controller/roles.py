@@ -9,14 +9,12 @@ import ray
 
 from r1ray.config import R1RayConfig
 from r1ray.rewards import RewardSpec
-from r1ray.workers.actor import ActorWorker
-from r1ray.workers.engines import EngineSpec
+from r1ray.workers.engines import EngineSpec, RolloutSpec
 from r1ray.workers.group import WorkerGroup
 from r1ray.workers.losses import LossSettings
 from r1ray.workers.placement import Placement
-from r1ray.workers.ref import RefWorker
 from r1ray.workers.reward import RewardWorker
-from r1ray.workers.rollout import RolloutWorker
+from r1ray.workers.role_groups import ActorGroup, RefGroup, RolloutGroup, engine_slots, sync_world_size
 from r1ray.workers.weight_sync import SyncGroupSpec
 
 logger = logging.getLogger(__name__)
@@ -24,9 +22,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Roles:
-    actor: WorkerGroup
-    ref: WorkerGroup | None          # None when KL is off
-    rollout: WorkerGroup
+    actor: ActorGroup
+    ref: RefGroup | None             # None when KL is off
+    rollout: RolloutGroup
     reward: WorkerGroup
 
     def all(self) -> list[WorkerGroup]:
@@ -71,15 +69,32 @@ def reward_spec(cfg: R1RayConfig) -> RewardSpec:
                       batch_timeout_s=r.batch_timeout_s, num_workers=r.processes)
 
 
-def rollout_kwargs(cfg: R1RayConfig) -> dict:
+def rollout_spec(cfg: R1RayConfig) -> RolloutSpec:
     r, m = cfg.rollout, cfg.model
-    if r.engine == "vllm":
-        return dict(model_path=m.path, dtype=m.dtype, tensor_parallel_size=r.tensor_parallel_size,
-                    gpu_memory_utilization=r.gpu_memory_utilization,
-                    max_model_len=r.max_prompt_length + r.max_response_length, seed=cfg.trainer.seed,
-                    enable_sleep_mode=r.free_cache_engine, trust_remote_code=m.trust_remote_code)
-    return dict(model_path=m.path, dtype=m.dtype, attn_implementation=m.attn_implementation,
-                generate_batch_size=r.generate_batch_size, trust_remote_code=m.trust_remote_code)
+    return RolloutSpec(
+        engine=r.engine, model_path=m.path, dtype=m.dtype, max_model_len=r.max_prompt_length + r.max_response_length,
+        seed=cfg.trainer.seed, trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation,
+        generate_batch_size=r.generate_batch_size, tensor_parallel_size=r.tensor_parallel_size,
+        gpu_memory_utilization=r.gpu_memory_utilization, sleep_level=2 if r.free_cache_engine else 0,
+        cpu_kv_cache_gib=r.cpu_kv_cache_gib)
+
+
+def build_rollout_group(cfg: R1RayConfig, slots: list) -> RolloutGroup:
+    on_gpu = cfg.placement.pools[cfg.placement.rollout].device == "gpu"
+    engines = engine_slots(slots, cfg.rollout.tensor_parallel_size, on_gpu)
+    return RolloutGroup(engines, rollout_spec(cfg), startup_timeout_s=cfg.trainer.startup_timeout_s,
+                        collective_timeout_s=cfg.trainer.collective_timeout_s)
+
+
+def build_reward_group(cfg: R1RayConfig, slots: list) -> WorkerGroup:
+    return WorkerGroup("reward", RewardWorker, slots, startup_timeout_s=cfg.trainer.startup_timeout_s,
+                       collective_timeout_s=cfg.trainer.collective_timeout_s, distributed=False,
+                       init_kwargs=dict(spec=reward_spec(cfg)))
+
+
+def colocated(cfg: R1RayConfig) -> bool:
+    """Actor and rollout share devices: the step runs the wake / sync / generate / sleep cycle."""
+    return cfg.placement.rollout == cfg.placement.actor
 
 
 def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
@@ -87,35 +102,35 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
     use_ref = cfg.algorithm.kl_placement != "none"
     wanted = ["actor", "rollout", "reward"] + (["ref"] if use_ref else [])
     slots = placement.only(wanted).create(cfg.trainer.startup_timeout_s)
-    timeout = cfg.trainer.startup_timeout_s
-    total_opt_steps = cfg.trainer.total_steps * cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
+    t = cfg.trainer
+    total_opt_steps = t.total_steps * cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
     spec = engine_spec(cfg, total_opt_steps)
-    tp = cfg.rollout.tensor_parallel_size
-    actor = WorkerGroup("actor", ActorWorker, slots["actor"], startup_timeout_s=timeout, distributed=True,
-                        init_kwargs=dict(engine_kind=cfg.actor.engine, spec=spec, loss=loss_settings(cfg)))
-    ref = (WorkerGroup("ref", RefWorker, slots["ref"], startup_timeout_s=timeout, distributed=True,
-                       init_kwargs=dict(engine_kind=cfg.actor.engine, spec=spec)) if use_ref else None)
-    # A vLLM engine with tensor parallelism spans tp bundles; its actor sits on the first of them.
-    rollout = WorkerGroup("rollout", RolloutWorker, slots["rollout"][::tp], startup_timeout_s=timeout,
-                          distributed=False, init_kwargs=dict(engine_kind=cfg.rollout.engine,
-                                                             engine_kwargs=rollout_kwargs(cfg)))
-    reward = WorkerGroup("reward", RewardWorker, slots["reward"], startup_timeout_s=timeout, distributed=False,
-                         init_kwargs=dict(spec=reward_spec(cfg)))
-    roles = Roles(actor, ref, rollout, reward)
-    ray.get([ref for group in roles.all() for ref in group.call_async("setup")])
+    actor = ActorGroup(slots["actor"], engine_kind=cfg.actor.engine, spec=spec, loss=loss_settings(cfg),
+                       startup_timeout_s=t.startup_timeout_s, collective_timeout_s=t.collective_timeout_s)
+    ref = (RefGroup(slots["ref"], engine_kind=cfg.actor.engine, spec=spec, startup_timeout_s=t.startup_timeout_s,
+                    collective_timeout_s=t.collective_timeout_s) if use_ref else None)
+    roles = Roles(actor, ref, build_rollout_group(cfg, slots["rollout"]), build_reward_group(cfg, slots["reward"]))
+    if colocated(cfg):
+        # vLLM sizes its KV cache from the free device memory it profiles at start-up: it must start (and
+        # go to sleep) before the actor and reference load onto the same devices.
+        roles.rollout.call("setup")
+        roles.rollout.sleep()
+        ray.get([r for g in (actor, ref, roles.reward) if g is not None for r in g.call_async("setup")])
+    else:
+        ray.get([r for g in roles.all() for r in g.call_async("setup")])
     connect_weight_sync(roles, cfg)
     return roles
 
 
 def connect_weight_sync(roles: Roles, cfg: R1RayConfig) -> None:
-    """Actor rank 0 (sync rank 0) and every rollout engine join one dedicated group."""
+    """Actor rank 0 (sync rank 0) and every TP worker of every rollout engine join one dedicated group."""
     host, port = ray.get(roles.actor.call_rank0_async("address"))
     gpu = cfg.placement.pools[cfg.placement.actor].device == "gpu"
     spec = SyncGroupSpec(master_addr=host, master_port=port,
-                         world_size=1 + roles.rollout.world_size * cfg.rollout.tensor_parallel_size,
+                         world_size=sync_world_size(roles.rollout.engines, cfg.rollout.tensor_parallel_size),
                          backend="nccl" if gpu else "gloo", timeout_s=cfg.trainer.collective_timeout_s)
-    refs = [roles.actor.call_rank0_async("init_weight_sync", spec)] + roles.rollout.call_async("init_weight_sync", spec)
-    ray.get(refs)
+    if colocated(cfg):
+        roles.rollout.wake(["weights"])      # vLLM's weight-transfer engine needs its workers awake
+    ray.get([roles.actor.init_weight_sync_async(spec), *roles.rollout.init_weight_sync_async(spec)])
     logger.info("weight-sync group ready: %s:%d, %d ranks, %s", spec.master_addr, spec.master_port,
                 spec.world_size, spec.backend)
-

@@ -18,8 +18,7 @@ from r1ray.data import load_rows, write_rows
 from r1ray.data.sft import SFTExample, cold_start_rows, load_sft_rows, tokenize_sft
 from r1ray.models import load_tokenizer
 from r1ray.protocol import TrainBatch, length_mask, pack, pad_right
-from r1ray.workers.actor import ActorWorker
-from r1ray.workers.group import WorkerGroup
+from r1ray.workers.role_groups import ActorGroup
 from r1ray.workers.placement import Placement
 
 from r1ray.controller.metrics import StageTimer, mean_over_ranks
@@ -76,9 +75,9 @@ def run_sft(cfg: R1RayConfig, placement: Placement | None = None) -> Path:
     connect_for(cfg.ray, placement)
     spec = replace(engine_spec(cfg, total), lr=cfg.sft.lr or cfg.actor.lr)
     slots = placement.create(cfg.trainer.startup_timeout_s)
-    actor = WorkerGroup("actor", ActorWorker, slots["actor"], startup_timeout_s=cfg.trainer.startup_timeout_s,
-                        distributed=True, init_kwargs=dict(engine_kind=cfg.actor.engine, spec=spec,
-                                                           loss=loss_settings(cfg)))
+    actor = ActorGroup(slots["actor"], engine_kind=cfg.actor.engine, spec=spec, loss=loss_settings(cfg),
+                       startup_timeout_s=cfg.trainer.startup_timeout_s,
+                       collective_timeout_s=cfg.trainer.collective_timeout_s)
     trackers = Trackers.build(replace(cfg.logging, wandb=False), out_dir, total_steps=total, start_step=0,
                               run_id=None, config={})
     try:

@@ -22,15 +22,15 @@ from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, concat_bat
 from r1ray.evaluation import behaviour_rates
 from r1ray.rewards import ScoreBatch
 from r1ray.workers.placement import Placement
-from r1ray.workers.weight_sync import verify_checksums
+from r1ray.workers.fingerprint import WeightSyncError, verify_fingerprints
 
 from r1ray.controller.advantage import build_train_batch, logprob_view, scores_tensor, select_groups, shaped_scores
 from r1ray.controller.checkpoint import CheckpointManager, TrainerState, read_checkpoint, restore_rng
 from r1ray.controller.evaluate import evaluate_dataset, training_eval_sampling
-from r1ray.controller.inference import correct_flags, gather_scores, generate, score_async
+from r1ray.controller.inference import correct_flags, gather_scores, score_async
 from r1ray.controller.metrics import StageTimer, mean_over_ranks, rollout_metrics, throughput
 from r1ray.controller.ray_cluster import connect_for
-from r1ray.controller.roles import Roles, build_roles
+from r1ray.controller.roles import Roles, build_roles, colocated
 from r1ray.controller.run_setup import Datasets, build_datasets, prepare_files, prompt_batch
 from r1ray.controller.schedule import groups_unit, response_budget
 from r1ray.controller.tracking import Trackers
@@ -51,6 +51,8 @@ class Trainer:
         self.data: Datasets | None = None
         self.sampler: CurriculumSource | None = None
         self.manifest: list | None = None
+        self.colocated = colocated(cfg)      # actor and rollout share devices (see `generate`)
+        self.weights_stale = True            # the actor has changed since the engines last received weights
 
     # ---- setup -------------------------------------------------------------------------------------
     def _build(self) -> tuple[int, str | None]:
@@ -65,9 +67,9 @@ class Trainer:
             self.data.levels, self.cfg.data.prompts_per_step, seed=self.cfg.trainer.seed, shuffle=self.cfg.data.shuffle,
             rule=CurriculumRule(tuple(cur.advance_at_steps), cur.advance_at_accuracy, cur.window))
         self.roles = build_roles(self.cfg, self.placement)
-        self.manifest = ray.get(self.roles.actor.call_rank0_async("weight_manifest", self.cfg.model.dtype))
+        self.manifest = self.roles.actor.weight_manifest(self.cfg.model.dtype)
         start, run_id = self._maybe_resume()
-        self.sync_weights()  # rollout engines start from the actor's weights, resumed or not
+        self.weights_stale = True   # rollout engines get the actor's weights (resumed or not) before generating
         return start, run_id
 
     def _maybe_resume(self) -> tuple[int, str | None]:
@@ -109,7 +111,12 @@ class Trainer:
         return last
 
     def step(self, step: int) -> dict[str, float]:
-        """One GRPO step; every arrow of DESIGN §3 is one visible group call."""
+        """One GRPO step; every arrow of DESIGN §3 is one visible group call.
+
+        Colocated (actor and rollout on the same devices), each generation runs the cycle of `generate`
+        (rollout wakes its weights, receives the sync, wakes its KV cache, generates, sleeps), and the
+        actor's engine is onloaded for its passes and offloaded after the update.
+        """
         cfg, roles, timer = self.cfg, self.roles, StageTimer()
         budget = response_budget(cfg.rollout, step)
         kl_coef = kl_coef_schedule(cfg.algorithm.kl_schedule, cfg.algorithm.kl_coef, cfg.algorithm.kl_coef_final,
@@ -123,12 +130,14 @@ class Trainer:
             batch = build_train_batch(rollout, shaped, cfg.algorithm, kl_coef=kl_coef, ref_logprobs=ref_lp,
                                       old_logprobs=old_lp)
         with timer("update_actor"):
-            refs = roles.actor.scatter_async("update", batch, temperature=cfg.rollout.temperature, kl_coef=kl_coef,
-                                             mini_batches=cfg.algorithm.mini_batches,
-                                             ppo_epochs=cfg.algorithm.ppo_epochs)
+            if self.colocated:
+                roles.actor.onload()
+            refs = roles.actor.update_async(batch, temperature=cfg.rollout.temperature, kl_coef=kl_coef,
+                                            mini_batches=cfg.algorithm.mini_batches, ppo_epochs=cfg.algorithm.ppo_epochs)
             metrics.update(mean_over_ranks(ray.get(refs)))
-        with timer("sync_weights"):
-            self.sync_weights()
+            if self.colocated:
+                roles.actor.offload()
+            self.weights_stale = True
         metrics.update({"actor/kl_coef": kl_coef, **rollout_metrics(rollout, budget),
                         **behaviour_rates(rollout.response_texts, cfg.eval.behaviour_words), **timer.metrics()})
         metrics.update(throughput(rollout, metrics["timing_s/step"], self.placement.pools[self.placement.roles["actor"]].size))
@@ -148,8 +157,7 @@ class Trainer:
             sampling = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                       top_k=cfg.rollout.top_k, max_new_tokens=budget,
                                       seed=cfg.trainer.seed * 1_000_003 + step * 16 + round_index)
-            with timer("generate"):
-                rollout = self.generate(prompts, sampling)
+            rollout = self.generate(prompts, sampling, timer)
             with timer("reward_ref_logprobs"):
                 scored, ref_lp, old_lp = self._score_and_logprobs(rollout)
             if round_index == 0:
@@ -176,27 +184,58 @@ class Trainer:
         score_refs = score_async(roles.reward, rollout)
         view = logprob_view(rollout)
         temp = cfg.rollout.temperature
-        ref_refs = roles.ref.scatter_async("compute_logprobs", view, even=False, temperature=temp) if roles.ref else None
-        off_policy = cfg.algorithm.ppo_epochs > 1 or cfg.algorithm.mini_batches > 1
-        old_refs = (roles.actor.scatter_async("compute_logprobs", view, even=False, temperature=temp)
-                    if off_policy else None)
-        scored = gather_scores(score_refs)
-        ref_lp = torch.cat(ray.get(ref_refs)) if ref_refs else None
-        old_lp = torch.cat(ray.get(old_refs)) if old_refs else None
-        return scored, ref_lp, old_lp
+        ref_refs = roles.ref.compute_logprobs_async(view, temp) if roles.ref else None
+        ref_lp = None
+        if ref_refs and self.placement.roles["ref"] == self.placement.roles["actor"]:
+            # Reference and actor on the same devices: one forward pass at a time, not two at once.
+            ref_lp = torch.cat(ray.get(ref_refs))
+        old_lp = None
+        if cfg.algorithm.ppo_epochs > 1 or cfg.algorithm.mini_batches > 1:
+            if self.colocated:
+                roles.actor.onload()
+            old_refs = roles.actor.compute_logprobs_async(view, temp)
+            old_lp = torch.cat(ray.get(old_refs))
+        if ref_refs and ref_lp is None:
+            ref_lp = torch.cat(ray.get(ref_refs))
+        return gather_scores(score_refs), ref_lp, old_lp
 
-    def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
-        return generate(self.roles.rollout, prompts, sampling)
+    def generate(self, prompts: PromptBatch, sampling: SamplingParams, timer: StageTimer | None = None) -> RolloutBatch:
+        """Generate with the actor's current weights. Colocated, the cycle is: wake weights -> sync ->
+        wake KV cache -> generate -> sleep (level 2 discards the weights, so the next call resends them)."""
+        timer = timer or StageTimer()
+        rollout = self.roles.rollout
+        with timer("sync_weights"):
+            if self.colocated:
+                rollout.wake(["weights"])
+            if self.weights_stale or self.colocated:
+                self.sync_weights()
+        with timer("generate"):
+            if self.colocated:
+                rollout.wake(["kv_cache"])
+            batch = rollout.generate(prompts, sampling)
+            if self.colocated:
+                rollout.sleep()
+        return batch
 
     def score(self, rollout: RolloutBatch) -> ScoreBatch:
         return gather_scores(score_async(self.roles.reward, rollout))
 
     def sync_weights(self) -> None:
-        """Actor -> rollout engines over the sync group, then compare checksums (fails the step loudly)."""
-        send = self.roles.actor.call_async("send_weights", self.manifest)
-        receive = self.roles.rollout.call_async("receive_weights", self.manifest)
-        sent = ray.get(send)[0]
-        verify_checksums(sent, ray.get(receive))
+        """Actor -> rollout engines over the sync group, then compare every tensor's fingerprint (fails the
+        step loudly, naming the engine and the tensors). The whole sync has the collective deadline."""
+        roles = self.roles
+        if self.colocated:
+            roles.actor.onload()
+        send = roles.actor.send_weights_async(self.manifest)
+        receive = roles.rollout.receive_weights_async(self.manifest)
+        sent = wait_for(send, "actor", self.cfg.trainer.collective_timeout_s)[0]
+        tables = wait_for(receive, "rollout", self.cfg.trainer.collective_timeout_s)
+        if self.colocated:
+            roles.actor.offload()
+        names = [name for name, _, _ in self.manifest]
+        receivers = [f"rollout engine {e} worker {w}" for e, per_engine in enumerate(tables) for w in range(len(per_engine))]
+        verify_fingerprints(names, sent, [t for per_engine in tables for t in per_engine], receivers)
+        self.weights_stale = False
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out metrics with the trainer.eval_* sampling (greedy by default)."""
@@ -208,6 +247,16 @@ class Trainer:
         return self.checkpoints.save(
             state, write_actor=lambda d: self.roles.actor.call("save", str(d)), model_path=self.cfg.model.path,
             config_yaml=config_to_yaml_redacted(self.cfg))
+
+
+def wait_for(refs: list, role: str, timeout_s: float) -> list:
+    """ray.get with a deadline; a straggler is named by role and rank."""
+    ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    if pending:
+        late = [i for i, r in enumerate(refs) if r in pending]
+        raise WeightSyncError(f"weight sync: {role} rank(s) {late} did not finish within {timeout_s:g}s "
+                              f"(trainer.collective_timeout_s); see their worker logs")
+    return ray.get(list(refs))
 
 
 def config_to_yaml_redacted(cfg: R1RayConfig) -> str:

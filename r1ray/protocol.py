@@ -14,6 +14,7 @@ Every field has a `kind` in its metadata so that one generic split/concat serves
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Sequence, TypeVar
 
@@ -72,6 +73,14 @@ class SamplingParams:
     top_k: int = -1               # -1: no top-k cut
     max_new_tokens: int = 256     # the response budget of this call (the length schedule's current value)
     seed: int = 0                 # makes a call reproducible; the controller varies it per step
+
+
+def derive_seed(base: int, *keys: int) -> int:
+    """A seed for one stream of a call (an engine, a prompt, a chunk), below 2^62 so that vLLM's
+    per-sample offsets (seed + sample index) stay in range. Hashing rather than adding keeps streams of
+    neighbouring steps, engines and prompts from overlapping."""
+    digest = hashlib.blake2b(repr((base, *keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
 
 
 @dataclass
@@ -237,3 +246,27 @@ def token_budget_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
     if current:
         chunks.append(current)
     return chunks
+
+
+def assemble_rollout(prompts: PromptBatch, n: int, responses: list[list[int]], logprobs: list[Tensor],
+                     truncated: list[bool], texts: list[str]) -> RolloutBatch:
+    """The one place where sampled token lists become a RolloutBatch (every rollout engine ends here).
+
+    `responses[j]`, `logprobs[j]` (its per-token sampler logprobs), `truncated[j]` and `texts[j]` belong to
+    row j, which answers prompt j // n: the n samples of a prompt are adjacent rows.
+    """
+    rows = [i for i in range(len(prompts)) for _ in range(n)]
+    if not len(rows) == len(responses) == len(logprobs) == len(truncated) == len(texts):
+        raise ValueError(f"assemble_rollout: {len(prompts)} prompts x n={n} need {len(rows)} rows, got "
+                         f"{len(responses)} responses, {len(logprobs)} logprob rows, {len(texts)} texts")
+    tokens, cu = pack([prompts.prompt_ids[i] + list(r) for i, r in zip(rows, responses)])
+    return RolloutBatch(
+        tokens=tokens, cu_seqlens=cu,
+        prompt_lens=torch.tensor([len(prompts.prompt_ids[i]) for i in rows], dtype=torch.int64),
+        truncated=torch.tensor(truncated, dtype=torch.bool),
+        rollout_logprobs=pad_right([lp.float() for lp in logprobs], 0.0),
+        response_texts=list(texts),
+        ground_truths=[prompts.ground_truths[i] for i in rows],
+        data_sources=[prompts.data_sources[i] for i in rows],
+        extra_infos=[prompts.extra_infos[i] for i in rows],
+        group_size=n)

@@ -22,6 +22,8 @@ class ActorWorker(PolicyWorker):
         super().__init__(role, rank, world_size, engine_kind, spec)
         self.loss = loss
         self.sync: SyncGroup | None = None
+        self.offloaded = False
+        self.events: list[str] = []
 
     def update(self, batch: TrainBatch, *, temperature: float, kl_coef: float, mini_batches: int,
                ppo_epochs: int) -> dict[str, float]:
@@ -63,8 +65,9 @@ class ActorWorker(PolicyWorker):
         """Rank 0 joins the weight-sync group as its sender (sync rank 0)."""
         self.sync = SyncGroup(spec, 0, self.device)
 
-    def send_weights(self, manifest: Manifest) -> str | None:
-        """All ranks gather full weights (a collective); rank 0 broadcasts them. Returns rank 0's checksum."""
+    def send_weights(self, manifest: Manifest) -> list[list[int]] | None:
+        """All ranks gather full weights (a collective); rank 0 broadcasts them and returns the fingerprint
+        of every tensor it sent."""
         weights = self.engine.named_full_weights([name for name, _, _ in manifest])
         if self.rank != 0:
             for _ in weights:
@@ -77,6 +80,25 @@ class ActorWorker(PolicyWorker):
         Tests compare it with the rollout engines' and the exported weights."""
         weights = {name: tensor.cpu().clone() for name, tensor in self.engine.named_full_weights()}
         return weights if self.rank == 0 else None
+
+    def onload(self) -> None:
+        """Bring weights and optimizer state back to the device (colocated); a no-op when already there."""
+        self.events.append("onload")
+        if self.offloaded:
+            self.engine.onload()
+            self.offloaded = False
+
+    def offload(self) -> None:
+        """Free the device for the rollout engines on the same devices (colocated)."""
+        self.events.append("offload")
+        if not self.offloaded:
+            self.engine.offload()
+            self.offloaded = True
+
+    def lifecycle(self) -> list[str]:
+        """The onload/offload calls received, oldest first (the last 256)."""
+        self.events = self.events[-256:]
+        return list(self.events)
 
     def save(self, path: str) -> None:
         target = Path(path)

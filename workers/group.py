@@ -24,12 +24,14 @@ class WorkerStartupError(RuntimeError):
 
 class WorkerGroup:
     def __init__(self, role: str, worker_cls: type, slots: Sequence[WorkerSlot], *, startup_timeout_s: float,
-                 distributed: bool, init_kwargs: dict[str, Any] | None = None,
-                 env_vars: dict[str, str] | None = None):
+                 collective_timeout_s: float, distributed: bool, init_kwargs: dict[str, Any] | None = None,
+                 per_rank_kwargs: Sequence[dict[str, Any]] | None = None, env_vars: dict[str, str] | None = None):
         self.role = role
         self.slots = list(slots)
-        self.startup_timeout_s = startup_timeout_s
-        self.workers = self._build_workers(worker_cls, init_kwargs or {}, env_vars or {})
+        self.startup_timeout_s = startup_timeout_s          # workers up, process group joined
+        self.collective_timeout_s = collective_timeout_s    # every collective of the role's process group
+        per_rank = list(per_rank_kwargs) if per_rank_kwargs is not None else [{} for _ in self.slots]
+        self.workers = self._build_workers(worker_cls, init_kwargs or {}, per_rank, env_vars or {})
         self._wait("ping", [w.ping.remote() for w in self.workers])
         if distributed:
             self._build_process_group()
@@ -38,21 +40,22 @@ class WorkerGroup:
     def world_size(self) -> int:
         return len(self.workers)
 
-    def _build_workers(self, worker_cls: type, init_kwargs: dict[str, Any], env_vars: dict[str, str]) -> list:
+    def _build_workers(self, worker_cls: type, init_kwargs: dict[str, Any], per_rank: list[dict[str, Any]],
+                       env_vars: dict[str, str]) -> list:
         remote_cls = ray.remote(worker_cls)
         workers = []
-        for slot in self.slots:
+        for slot, own_kwargs in zip(self.slots, per_rank):
             threads = str(max(1, int(slot.num_cpus)))
             env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
                    **env_vars}
             options = {**slot.options(), "name": None, "runtime_env": {"env_vars": env}}
             workers.append(remote_cls.options(**options).remote(
-                role=self.role, rank=slot.rank, world_size=len(self.slots), **init_kwargs))
+                role=self.role, rank=slot.rank, world_size=len(self.slots), **init_kwargs, **own_kwargs))
         return workers
 
     def _build_process_group(self) -> None:
         master_addr, master_port = self._wait("address", [self.workers[0].address.remote()])[0]
-        refs = [w.init_distributed.remote(master_addr, master_port, self.startup_timeout_s) for w in self.workers]
+        refs = [w.init_distributed.remote(master_addr, master_port, self.collective_timeout_s) for w in self.workers]
         self._wait("init_distributed", refs)
 
     def _wait(self, what: str, refs: list) -> list:

@@ -1,60 +1,71 @@
-"""A rollout worker: one generation engine (HF generate or vLLM) and its end of the weight sync."""
+"""A rollout worker: one generation engine (HF generate or vLLM, same contract) and its lifecycle.
+
+The worker is written once against `RolloutEngine`; what differs between engines lives in the engines.
+It derives the engine's own sampling seed from the step's seed and its engine index, so no two engines
+of a step (and no two steps) share a noise stream, and it records the colocation calls it receives
+(`lifecycle`), which the controller's wake/sync/generate/sleep order is checked against.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from dataclasses import replace
+from typing import Sequence
 
-from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams
+from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, derive_seed
 from r1ray.workers.base import Worker
-from r1ray.workers.weight_sync import Manifest, SyncGroup, SyncGroupSpec, checksum_of
+from r1ray.workers.engines import RolloutEngine, RolloutSpec, build_rollout_engine
+from r1ray.workers.engines.base import FingerprintTable
+from r1ray.workers.weight_sync import Manifest, SyncGroupSpec
+
+LIFECYCLE_KEEP = 256     # most recent lifecycle events kept
 
 
 class RolloutWorker(Worker):
-    def __init__(self, role: str, rank: int, world_size: int, engine_kind: str, engine_kwargs: dict[str, Any]):
+    def __init__(self, role: str, rank: int, world_size: int, spec: RolloutSpec,
+                 bundle_indices: Sequence[int] = ()):
         super().__init__(role, rank, world_size)
-        self.engine_kind = engine_kind
-        self.engine_kwargs = engine_kwargs
-        self.engine = None
-        self.sync: SyncGroup | None = None
+        self.spec = spec
+        self.bundle_indices = list(bundle_indices)
+        self.engine: RolloutEngine | None = None
+        self.events: list[str] = []
 
     def setup(self) -> None:
-        if self.engine_kind == "vllm":
-            from r1ray.workers.engines.vllm_rollout import VLLMRolloutEngine
+        if self.spec.tensor_parallel_size > 1 and self.bundle_indices:
+            # vLLM's Ray executor places this engine's TP workers on exactly these bundles.
+            os.environ["VLLM_RAY_BUNDLE_INDICES"] = ",".join(str(i) for i in self.bundle_indices)
+        self.engine = build_rollout_engine(self.spec, self.device)
+        self._record("setup")
 
-            self.engine = VLLMRolloutEngine(**self.engine_kwargs)
-        else:
-            from r1ray.workers.engines.hf_rollout import HFRolloutEngine
-
-            self.engine = HFRolloutEngine(device=self.device, **self.engine_kwargs)
+    def _record(self, event: str) -> None:
+        self.events = (self.events + [event])[-LIFECYCLE_KEEP:]
 
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
-        return self.engine.generate(prompts, sampling)
+        self._record("generate")
+        return self.engine.generate(prompts, replace(sampling, seed=derive_seed(sampling.seed, self.rank)))
 
     def init_weight_sync(self, spec: SyncGroupSpec) -> None:
-        """Join the weight-sync group as sync rank 1 + this worker's rank (vLLM: inside its workers)."""
-        if self.engine_kind == "vllm":
-            self.engine.init_weight_sync(spec, self.rank)
-        else:
-            self.sync = SyncGroup(spec, 1 + self.rank, self.device)
+        """Join the weight-sync group: this engine's receivers take sync ranks 1 + rank x TP onwards."""
+        self.engine.init_weight_sync(spec.to_dict(), 1 + self.rank * self.spec.tensor_parallel_size)
 
-    def receive_weights(self, manifest: Manifest) -> str:
-        """Receive and load the actor's weights; return the checksum of what the engine now holds."""
-        if self.engine_kind == "vllm":
-            return self.engine.receive_weights(manifest)
-        self.engine.load_weights(self.sync.receive(manifest))
-        return checksum_of(manifest, dict(self.engine.named_weights()))
-
-    def weights(self) -> dict:
-        """The engine's weights by name, on CPU (tests compare them with the actor's)."""
-        return {name: t.detach().cpu().clone() for name, t in self.engine.named_weights()}
+    def receive_weights(self, manifest: Manifest) -> list[FingerprintTable]:
+        """Receive and load the actor's weights; one fingerprint table per receiving process."""
+        self._record("receive_weights")
+        return self.engine.receive_weights(manifest)
 
     def sleep(self) -> None:
+        self._record("sleep")
         self.engine.sleep()
 
-    def wake(self) -> None:
-        self.engine.wake()
+    def wake(self, tags: Sequence[str]) -> None:
+        self._record("wake:" + "+".join(tags))
+        self.engine.wake(tags)
+
+    def lifecycle(self) -> list[str]:
+        """The most recent setup/generate/receive_weights/sleep/wake calls, oldest first."""
+        return list(self.events)
 
     def shutdown(self) -> None:
-        if self.sync is not None:
-            self.sync.close()
+        if self.engine is not None:
+            self.engine.close()
         super().shutdown()

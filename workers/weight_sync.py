@@ -1,53 +1,63 @@
 """Weight sync from the actor to the rollout engines over a dedicated process group.
 
-    actor ranks (FSDP shards)                weight-sync group: world = 1 + E
+    actor ranks (FSDP shards)                weight-sync group: world = 1 + sum of engines' TP sizes
     +----+ +----+ +----+ +----+
     | a0 | | a1 | | a2 | | a3 |   full_tensor() all-gathers each weight over the actor's own group,
     +----+ +----+ +----+ +----+   so every actor rank iterates; only a0 is in the sync group
        |
        |  sync rank 0: packs weights into buckets (manifest order, rollout dtype) and broadcasts them
        v
-    +----+ +----+     +----+
-    | r0 | | r1| ... | rE-1|   sync ranks 1..E: rollout engines unpack each bucket and load it by name
-    +----+ +----+     +----+
+    engine 0 (tp=2)     engine 1 (tp=2)         sync rank of a receiver = 1 + engine index * tp + tp rank
+    +----+ +----+       +----+ +----+
+    | r1 | | r2 |       | r3 | | r4 |          HF engines: the rollout worker itself receives;
+    +----+ +----+       +----+ +----+          vLLM: each of the engine's worker processes receives inside
+                                              vLLM, through the "r1ray" weight-transfer backend
+                                              (`engines/vllm_transfer.py`), and keeps its TP shard
 
 The group is a standalone c10d process group (gloo on CPU, NCCL on GPU) built from its own TCPStore,
-so it neither disturbs nor depends on each role's default torch.distributed world. Both sides derive
-the same bucket plan from the manifest, so no per-bucket metadata travels. Every collective has a
-timeout; a failure names the sync rank. After each sync both sides hash a sample of the tensors and the
-controller compares the hashes (`verify_checksums`), failing the step loudly on any mismatch.
+so it neither disturbs nor depends on each role's default torch.distributed world. Both sides derive the
+same bucket plan from the manifest, so no per-bucket metadata travels. Every collective has a deadline
+and a failure names the sync rank. Every tensor is fingerprinted where it lives (`fingerprint.py`) on
+both sides, and the controller compares the tables (failing the step loudly on any difference).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from r1ray.workers.fingerprint import Fingerprints, WeightSyncError
 
 logger = logging.getLogger(__name__)
 
 Manifest = list[tuple[str, tuple[int, ...], str]]   # (name, shape, dtype name) in send order
 DTYPES = {"torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16}
 
-
-class WeightSyncError(RuntimeError):
-    """A sync collective failed or the synced weights differ from the actor's."""
+__all__ = ["DTYPES", "Manifest", "SyncGroup", "SyncGroupSpec", "WeightSyncError", "bucket_plan"]
 
 
 @dataclass(frozen=True)
 class SyncGroupSpec:
     master_addr: str
     master_port: int
-    world_size: int               # 1 sender + number of rollout engines
+    world_size: int               # 1 sender + every receiving process (engines x their TP size)
     backend: str                  # "gloo" | "nccl"
     timeout_s: float
     bucket_bytes: int = 64 << 20
+
+    def to_dict(self) -> dict[str, Any]:
+        """Primitives only: what may cross into vLLM's engine process (msgpack turns dataclasses into dicts)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SyncGroupSpec":
+        return cls(**d)
 
 
 def bucket_plan(manifest: Manifest, bucket_bytes: int) -> list[list[int]]:
@@ -87,7 +97,7 @@ class SyncGroup:
             self.pg = _make_process_group(spec.backend, prefixed, rank, spec.world_size, timeout)
         except Exception as exc:
             raise WeightSyncError(f"weight-sync rank {rank}/{spec.world_size}: could not join the group at "
-                                  f"{spec.master_addr}:{spec.master_port}: {exc}") from exc
+                                  f"{spec.master_addr}:{spec.master_port} within {spec.timeout_s:g}s: {exc}") from exc
         self._store = store
 
     def broadcast(self, tensor: Tensor) -> None:
@@ -99,9 +109,10 @@ class SyncGroup:
             raise WeightSyncError(f"weight-sync rank {self.rank}: broadcast failed or timed out after "
                                   f"{self.spec.timeout_s:g}s: {exc}") from exc
 
-    def send(self, manifest: Manifest, weights: Iterable[tuple[str, Tensor]]) -> str:
-        """Sender side (rank 0). `weights` yields (name, full tensor) in manifest order; returns the checksum."""
-        hasher = Checksum(len(manifest))
+    def send(self, manifest: Manifest, weights: Iterable[tuple[str, Tensor]]) -> list[list[int]]:
+        """Sender side (rank 0). `weights` yields (name, full tensor) in manifest order; returns the
+        fingerprint of every tensor as sent."""
+        prints = Fingerprints(len(manifest), self.device)
         it = iter(weights)
         for bucket in bucket_plan(manifest, self.spec.bucket_bytes):
             parts = []
@@ -112,13 +123,14 @@ class SyncGroup:
                     raise WeightSyncError(f"weight-sync sender: expected {name}{tuple(shape)}, got "
                                           f"{got_name}{tuple(tensor.shape)}; actor and rollout models differ")
                 tensor = tensor.to(self.device, DTYPES[dt]).contiguous()
-                hasher.add(i, name, tensor)
+                prints.add(i, tensor)
                 parts.append(tensor.reshape(-1))
             self.broadcast(torch.cat(parts) if len(parts) > 1 else parts[0])
-        return hasher.hexdigest()
+        return prints.tolist()
 
-    def receive(self, manifest: Manifest) -> Iterator[tuple[str, Tensor]]:
-        """Receiver side: yields (name, tensor) per weight as buckets arrive (views into the bucket)."""
+    def receive(self, manifest: Manifest, prints: Fingerprints | None = None) -> Iterator[tuple[str, Tensor]]:
+        """Receiver side: yields (name, tensor) per weight as buckets arrive (views into the bucket),
+        fingerprinting each into `prints` when given."""
         for bucket in bucket_plan(manifest, self.spec.bucket_bytes):
             dtype = DTYPES[manifest[bucket[0]][2]]
             numels = [_numel(manifest[i][1]) for i in bucket]
@@ -126,7 +138,10 @@ class SyncGroup:
             self.broadcast(flat)
             for i, piece in zip(bucket, torch.split(flat, numels)):
                 name, shape, _ = manifest[i]
-                yield name, piece.view(tuple(shape))
+                tensor = piece.view(tuple(shape))
+                if prints is not None:
+                    prints.add(i, tensor)
+                yield name, tensor
 
     def close(self) -> None:
         shutdown = getattr(self.pg, "shutdown", None)
@@ -141,49 +156,3 @@ def _make_process_group(backend: str, store: dist.Store, rank: int, world: int, 
         opts._timeout = timeout
         return dist.ProcessGroupNCCL(store, rank, world, opts)
     return dist.ProcessGroupGloo(store, rank, world, timeout)
-
-
-class Checksum:
-    """Hash of a deterministic sample of tensors: about 8 evenly spaced ones, first and last included.
-
-    Cheap enough for every step, and it covers layers at both ends of the model, where a mis-ordered or
-    truncated transfer shows first. `verify_checksums` compares sender and receivers.
-    """
-
-    def __init__(self, count: int, samples: int = 8):
-        step = max(1, count // samples)
-        self.picked = set(range(0, count, step)) | {count - 1}
-        self.h = hashlib.blake2b(digest_size=16)
-
-    def add(self, index: int, name: str, tensor: Tensor) -> None:
-        if index in self.picked:
-            data = tensor.detach().to("cpu").contiguous()
-            raw = data.view(torch.int16) if data.dtype in (torch.bfloat16, torch.float16) else data
-            self.h.update(name.encode())
-            self.h.update(raw.numpy().tobytes())
-
-    def wrap(self, stream: Iterable[tuple[str, Tensor]]) -> Iterator[tuple[str, Tensor]]:
-        """Pass (name, tensor) pairs through, hashing the sampled ones on the way."""
-        for index, (name, tensor) in enumerate(stream):
-            self.add(index, name, tensor)
-            yield name, tensor
-
-    def hexdigest(self) -> str:
-        return self.h.hexdigest()
-
-
-def checksum_of(manifest: Manifest, weights: dict[str, Tensor]) -> str:
-    """The receiver's checksum, computed from the weights it actually holds after loading."""
-    hasher = Checksum(len(manifest))
-    for i, (name, _, dt) in enumerate(manifest):
-        if i in hasher.picked:
-            hasher.add(i, name, weights[name].to(DTYPES[dt]))
-    return hasher.hexdigest()
-
-
-def verify_checksums(sender: str, receivers: Sequence[str]) -> None:
-    """Raise WeightSyncError naming every rollout engine whose weights differ from the actor's."""
-    bad = [i for i, r in enumerate(receivers) if r != sender]
-    if bad:
-        raise WeightSyncError(f"weight sync verification failed: rollout engine(s) {bad} hold weights that differ "
-                              f"from the actor's (checksum {sender[:12]} vs {[receivers[i][:12] for i in bad]})")

@@ -1,6 +1,6 @@
 """Models: the offline character tokenizer, tiny random Qwen2 models and the shared loading helpers."""
 
-from r1ray.models.loading import DTYPES, load_model_and_tokenizer, load_tokenizer, resolve_dtype
+from r1ray.models.loading import DTYPES, eos_ids, load_model_and_tokenizer, load_tokenizer, resolve_dtype
 from r1ray.models.tiny import SPEC_FILE, TinyModelSpec, build_tiny_model, ensure_tiny_model, is_complete_model
 from r1ray.models.tokenizer import (
     CHAT_TEMPLATE,
@@ -17,6 +17,7 @@ __all__ = [
     "CHAT_TEMPLATE",
     "DTYPES",
     "EOS_TOKEN",
+    "eos_ids",
     "FORMAT_TOKENS",
     "IM_END",
     "IM_START",

@@ -64,3 +64,18 @@ def load_model_and_tokenizer(
     )
     model.eval()
     return model, load_tokenizer(path, trust_remote_code=trust_remote_code)
+
+
+def eos_ids(model_path: str | os.PathLike, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids that end a response: the generation config's eos ids (Qwen lists several) plus the
+    tokenizer's eos. Every rollout engine stops on exactly these."""
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:                       # no generation_config.json: the tokenizer's eos alone
+        eos = None
+    ids = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids

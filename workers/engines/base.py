@@ -1,14 +1,16 @@
 """The two engine protocols (DESIGN §4). Workers are written once against these; backends implement them.
 
-TrainEngine  — FSDP2 (`fsdp2.py`) and DeepSpeed (`deepspeed_engine.py`): actor and reference.
-RolloutEngine — Hugging Face generate (`hf_rollout.py`) and vLLM (`vllm_rollout.py`): rollout.
+TrainEngine  — FSDP2 (`fsdp2.py`): actor and reference.
+RolloutEngine — Hugging Face generate (`hf_rollout.py`) and vLLM (`vllm_rollout.py`): rollout, both
+built from one `RolloutSpec` and implementing the whole protocol (generation, the receiving end of the
+weight sync, sleep/wake for colocation, cache reset).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol, Sequence
 
 from torch import Tensor
 
@@ -17,6 +19,9 @@ from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch
 # loss_fn(micro_batch, logprobs (b, R), entropy (b, R) or None) -> (scalar loss already weighted for
 # gradient accumulation, metrics of this micro-batch)
 LossFn = Callable[[TrainBatch, Tensor, "Tensor | None"], "tuple[Tensor, dict[str, float]]"]
+
+# One fingerprint table per receiving process: row i = [S1, S2] of manifest entry i (see fingerprint.py).
+FingerprintTable = list[list[int]]
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,24 @@ class EngineSpec:
     zero_stage: int = 3
     cpu_offload: bool = False
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """What a rollout engine needs to build itself (one spec for both engines; each reads its part)."""
+
+    engine: str                             # "hf" | "vllm"
+    model_path: str
+    dtype: str                              # weights and compute dtype of the engine
+    max_model_len: int                      # prompt + response budget
+    seed: int
+    trust_remote_code: bool = False
+    attn_implementation: str = "sdpa"       # hf
+    generate_batch_size: int = 64           # hf: sequences per generate call
+    tensor_parallel_size: int = 1           # vllm: devices (worker processes) per engine
+    gpu_memory_utilization: float = 0.5     # vllm on GPU: share of the device for weights + KV cache
+    sleep_level: int = 0                    # vllm on GPU: 0 never sleeps, 1 offloads weights, 2 discards them
+    cpu_kv_cache_gib: float = 1.0           # vllm on CPU: KV cache size
 
 
 class TrainEngine(Protocol):
@@ -69,19 +92,23 @@ class TrainEngine(Protocol):
 
 class RolloutEngine(Protocol):
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
-        """`sampling.n` samples per prompt, rows grouped by prompt."""
+        """`sampling.n` samples per prompt, rows grouped by prompt; `sampling.seed` is this engine's own."""
 
-    def load_weights(self, weights: Iterator[tuple[str, Tensor]]) -> None:
-        """Replace the engine's weights by name."""
+    def init_weight_sync(self, spec_dict: dict, rank_offset: int) -> None:
+        """Join the weight-sync group (`SyncGroupSpec.to_dict()`); this engine's receivers take sync ranks
+        rank_offset .. rank_offset + tensor_parallel_size - 1."""
 
-    def named_weights(self) -> Iterator[tuple[str, Tensor]]:
-        """The engine's current weights by name (for verification)."""
+    def receive_weights(self, manifest: list) -> list[FingerprintTable]:
+        """Receive and load the actor's weights; one fingerprint table per receiving process."""
 
-    def weight_manifest(self) -> list[tuple[str, tuple[int, ...], str]]:
-        """(name, shape, dtype) of every weight the engine expects, in a fixed order."""
+    def reset_cache(self) -> None:
+        """Forget cached KV (prefix cache): it was computed with the previous weights."""
 
     def sleep(self) -> None:
         """Free accelerator memory while the actor trains on the same devices."""
 
-    def wake(self) -> None:
-        """Inverse of `sleep`."""
+    def wake(self, tags: Sequence[str]) -> None:
+        """Undo `sleep` for "weights" (before a sync) or "kv_cache" (before generation)."""
+
+    def close(self) -> None:
+        """Leave the sync group and stop the engine's processes."""

@@ -1,40 +1,39 @@
-"""RolloutEngine on Hugging Face `generate`: the CPU path (tests, quickstart) and a simple GPU path.
+"""RolloutEngine on Hugging Face `generate`: the CPU default (tests, quickstart) and a simple GPU path.
 
 Prompts are repeated n times so that a group's samples are adjacent rows, left-padded per generate call,
 and sampled with the model's raw logits scaled by the temperature; the logprob of each sampled token
 under that same distribution is kept as the rollout logprob (the actor recomputes it; the gap is logged).
+The engine receives the weight sync itself (it lives in the rollout worker's process) and fingerprints
+the weights it holds after loading, so a loader that drops or misplaces a tensor is caught.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-from r1ray.models import load_model_and_tokenizer
-from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, pack, pad_right
+from r1ray.models import eos_ids, load_model_and_tokenizer
+from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, assemble_rollout, derive_seed
+from r1ray.workers.engines.base import FingerprintTable, RolloutSpec
+from r1ray.workers.fingerprint import Fingerprints
+from r1ray.workers.weight_sync import DTYPES, Manifest, SyncGroup, SyncGroupSpec
 
 logger = logging.getLogger(__name__)
 
 
 class HFRolloutEngine:
-    def __init__(self, model_path: str, *, dtype: str, attn_implementation: str, device: torch.device,
-                 generate_batch_size: int, trust_remote_code: bool = False):
+    def __init__(self, spec: RolloutSpec, device: torch.device):
+        self.spec = spec
         self.device = device
-        self.generate_batch_size = generate_batch_size
         self.model, self.tokenizer = load_model_and_tokenizer(
-            model_path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+            spec.model_path, dtype=spec.dtype, attn_implementation=spec.attn_implementation,
+            trust_remote_code=spec.trust_remote_code)
         self.model.to(device).eval()
-        self.eos_ids = self._eos_ids()
-
-    def _eos_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        ids = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
-        return ids
+        self.eos_ids = eos_ids(spec.model_path, self.tokenizer)
+        self.sync: SyncGroup | None = None
 
     @torch.no_grad()
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
@@ -42,25 +41,17 @@ class HFRolloutEngine:
         responses: list[list[int]] = []
         logprobs: list[Tensor] = []
         truncated: list[bool] = []
-        for start in range(0, len(rows), self.generate_batch_size):
-            chunk = [prompts.prompt_ids[i] for i in rows[start:start + self.generate_batch_size]]
-            torch.manual_seed(sampling.seed * 100003 + start)
+        batch = self.spec.generate_batch_size
+        for start in range(0, len(rows), batch):
+            chunk = [prompts.prompt_ids[i] for i in rows[start:start + batch]]
+            # One generator draw per chunk: rows of a chunk get different noise, chunks their own seed.
+            torch.manual_seed(derive_seed(sampling.seed, start))
             r, lp, tr = self._generate_chunk(chunk, sampling)
             responses += r
             logprobs += lp
             truncated += tr
-        sequences = [prompts.prompt_ids[i] + resp for i, resp in zip(rows, responses)]
-        tokens, cu = pack(sequences)
-        return RolloutBatch(
-            tokens=tokens, cu_seqlens=cu,
-            prompt_lens=torch.tensor([len(prompts.prompt_ids[i]) for i in rows], dtype=torch.int64),
-            truncated=torch.tensor(truncated, dtype=torch.bool),
-            rollout_logprobs=pad_right(logprobs, 0.0),
-            response_texts=self.tokenizer.batch_decode(responses, skip_special_tokens=True),
-            ground_truths=[prompts.ground_truths[i] for i in rows],
-            data_sources=[prompts.data_sources[i] for i in rows],
-            extra_infos=[prompts.extra_infos[i] for i in rows],
-            group_size=sampling.n)
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        return assemble_rollout(prompts, sampling.n, responses, logprobs, truncated, texts)
 
     def _generate_chunk(self, chunk: list[list[int]],
                         sampling: SamplingParams) -> tuple[list[list[int]], list[Tensor], list[bool]]:
@@ -88,23 +79,39 @@ class HFRolloutEngine:
             truncated.append(not len(hits))
         return responses, logprobs, truncated
 
-    def load_weights(self, weights: Iterator[tuple[str, Tensor]]) -> None:
+    # ---- weight sync ------------------------------------------------------------------------------
+    def init_weight_sync(self, spec_dict: dict, rank_offset: int) -> None:
+        self.sync = SyncGroup(SyncGroupSpec.from_dict(spec_dict), rank_offset, self.device)
+
+    def receive_weights(self, manifest: Manifest) -> list[FingerprintTable]:
         state = self.model.state_dict()
         with torch.no_grad():
-            for name, tensor in weights:
+            for name, tensor in self.sync.receive(manifest):
                 state[name].copy_(tensor)
+        # Fingerprint what the model now holds (tied weights included), not what arrived.
+        prints = Fingerprints(len(manifest), self.device)
+        for i, (name, _, dtype) in enumerate(manifest):
+            prints.add(i, state[name].to(DTYPES[dtype]))
+        return [prints.tolist()]
 
     def named_weights(self) -> Iterator[tuple[str, Tensor]]:
+        """The weights this engine holds, by Hugging Face name (tests compare them with the actor's)."""
         yield from self.model.named_parameters()
 
-    def weight_manifest(self) -> list[tuple[str, tuple[int, ...], str]]:
-        return [(n, tuple(p.shape), str(p.dtype)) for n, p in self.model.named_parameters()]
+    # ---- colocation -------------------------------------------------------------------------------
+    def reset_cache(self) -> None:
+        """generate() keeps no KV cache between calls: nothing to forget."""
 
     def sleep(self) -> None:
         if self.device.type == "cuda":
             self.model.to("cpu")
             torch.cuda.empty_cache()
 
-    def wake(self) -> None:
-        if self.device.type == "cuda":
+    def wake(self, tags: Sequence[str]) -> None:
+        if self.device.type == "cuda" and "weights" in tags:
             self.model.to(self.device)
+
+    def close(self) -> None:
+        if self.sync is not None:
+            self.sync.close()
+            self.sync = None

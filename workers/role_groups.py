@@ -1,0 +1,139 @@
+"""Typed worker groups: each role's group exposes its workers' methods as ordinary Python methods, so a
+reader (and an IDE) can follow a call from the controller's `step()` into the worker.
+
+`*_async` methods return Ray refs (to launch independent calls together and gather them later); the
+plain names block. Engine layout for tensor parallelism lives here too: a TP engine spans `tp`
+consecutive bundles of one node, and its worker sits on the first of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import ray
+
+from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch, concat_batches
+from r1ray.workers.actor import ActorWorker
+from r1ray.workers.engines import EngineSpec, RolloutSpec
+from r1ray.workers.group import WorkerGroup
+from r1ray.workers.losses import LossSettings
+from r1ray.workers.placement import WorkerSlot
+from r1ray.workers.ref import RefWorker
+from r1ray.workers.rollout import RolloutWorker
+from r1ray.workers.weight_sync import Manifest, SyncGroupSpec
+
+
+@dataclass(frozen=True)
+class EngineSlot:
+    """Where one rollout engine runs: its worker's slot and the bundles its TP workers use."""
+
+    slot: WorkerSlot                 # the worker's slot, rank = engine index
+    bundle_indices: tuple[int, ...]  # bundles of the placement group the engine's TP workers take
+    sync_rank_offset: int            # weight-sync rank of the engine's first TP worker
+
+
+def engine_slots(slots: Sequence[WorkerSlot], tp: int, on_gpu: bool) -> list[EngineSlot]:
+    """Group a rollout pool's slots into engines of `tp` bundles each.
+
+    Engine e takes slots e*tp .. e*tp+tp-1 (same node: a pool's node holds devices_per_node bundles and
+    tp divides it), rank e, and weight-sync ranks 1 + e*tp .. 1 + e*tp + tp - 1. With tp > 1 on GPUs the
+    worker itself takes no GPU: vLLM's Ray executor starts one process per TP rank on the bundles' GPUs.
+    """
+    if len(slots) % tp:
+        raise ValueError(f"rollout.tensor_parallel_size={tp} must divide the rollout pool's {len(slots)} bundles")
+    engines = []
+    for e in range(len(slots) // tp):
+        group = slots[e * tp:(e + 1) * tp]
+        if len({(s.node_index, id(s.placement_group)) for s in group}) != 1:
+            raise ValueError(f"rollout engine {e}: its {tp} bundles span nodes; make devices_per_node a multiple "
+                             f"of rollout.tensor_parallel_size")
+        first = replace(group[0], rank=e, num_gpus=0.0 if (on_gpu and tp > 1) else group[0].num_gpus)
+        engines.append(EngineSlot(first, tuple(s.bundle_index for s in group), 1 + e * tp))
+    return engines
+
+
+def sync_world_size(engines: Sequence[EngineSlot], tp: int) -> int:
+    """The actor's sender plus every TP worker of every engine."""
+    return 1 + len(engines) * tp
+
+
+class RolloutGroup(WorkerGroup):
+    def __init__(self, engines: Sequence[EngineSlot], spec: RolloutSpec, *, startup_timeout_s: float,
+                 collective_timeout_s: float, worker_cls: type = RolloutWorker):
+        self.engines = list(engines)
+        super().__init__("rollout", worker_cls, [e.slot for e in engines], startup_timeout_s=startup_timeout_s,
+                         collective_timeout_s=collective_timeout_s, distributed=False,
+                         per_rank_kwargs=[dict(bundle_indices=e.bundle_indices) for e in engines],
+                         init_kwargs=dict(spec=spec))
+
+    def generate_async(self, prompts: PromptBatch, sampling: SamplingParams) -> list[ray.ObjectRef]:
+        """Prompts spread over the engines (contiguous shares)."""
+        return self.scatter_async("generate", prompts, even=False, sampling=sampling)
+
+    def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
+        """Rows come back grouped by prompt, in prompt order."""
+        return concat_batches([b for b in ray.get(self.generate_async(prompts, sampling)) if len(b)])
+
+    def init_weight_sync_async(self, spec: SyncGroupSpec) -> list[ray.ObjectRef]:
+        return self.call_async("init_weight_sync", spec)
+
+    def receive_weights_async(self, manifest: Manifest) -> list[ray.ObjectRef]:
+        return self.call_async("receive_weights", manifest)
+
+    def sleep(self) -> None:
+        self.call("sleep")
+
+    def wake(self, tags: Sequence[str]) -> None:
+        self.call("wake", list(tags))
+
+    def lifecycle(self) -> list[list[str]]:
+        return self.call("lifecycle")
+
+
+class PolicyGroup(WorkerGroup):
+    """What actor and reference groups share: per-token logprobs of a batch split over ranks."""
+
+    def compute_logprobs_async(self, batch: TrainBatch, temperature: float) -> list[ray.ObjectRef]:
+        return self.scatter_async("compute_logprobs", batch, even=False, temperature=temperature)
+
+
+class RefGroup(PolicyGroup):
+    def __init__(self, slots: Sequence[WorkerSlot], *, engine_kind: str, spec: EngineSpec, startup_timeout_s: float,
+                 collective_timeout_s: float):
+        super().__init__("ref", RefWorker, slots, startup_timeout_s=startup_timeout_s,
+                         collective_timeout_s=collective_timeout_s, distributed=True,
+                         init_kwargs=dict(engine_kind=engine_kind, spec=spec))
+
+
+class ActorGroup(PolicyGroup):
+    def __init__(self, slots: Sequence[WorkerSlot], *, engine_kind: str, spec: EngineSpec, loss: LossSettings,
+                 startup_timeout_s: float, collective_timeout_s: float, worker_cls: type = ActorWorker):
+        super().__init__("actor", worker_cls, slots, startup_timeout_s=startup_timeout_s,
+                         collective_timeout_s=collective_timeout_s, distributed=True,
+                         init_kwargs=dict(engine_kind=engine_kind, spec=spec, loss=loss))
+
+    def update_async(self, batch: TrainBatch, *, temperature: float, kl_coef: float, mini_batches: int,
+                     ppo_epochs: int) -> list[ray.ObjectRef]:
+        """Each rank trains on its contiguous share of the batch; one metrics dict per rank."""
+        return self.scatter_async("update", batch, temperature=temperature, kl_coef=kl_coef,
+                                  mini_batches=mini_batches, ppo_epochs=ppo_epochs)
+
+    def weight_manifest(self, dtype: str) -> Manifest:
+        return ray.get(self.call_rank0_async("weight_manifest", dtype))
+
+    def init_weight_sync_async(self, spec: SyncGroupSpec) -> ray.ObjectRef:
+        return self.call_rank0_async("init_weight_sync", spec)
+
+    def send_weights_async(self, manifest: Manifest) -> list[ray.ObjectRef]:
+        """Every rank gathers (a collective); rank 0's ref carries the sent fingerprints."""
+        return self.call_async("send_weights", manifest)
+
+    def onload(self) -> None:
+        self.call("onload")
+
+    def offload(self) -> None:
+        self.call("offload")
+
+    def full_weights(self) -> dict[str, Any]:
+        return self.call("full_weights")[0]
