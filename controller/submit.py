@@ -73,6 +73,20 @@ def cleartext_warning(address: str) -> str | None:
             f"through an SSH tunnel or kubectl port-forward (http://127.0.0.1:8265) or https")
 
 
+# Markers of a source checkout. The job's working directory comes first on the driver's sys.path, so an
+# uploaded r1ray/ would be imported instead of the installed package, and that folder alone lacks
+# r1ray.workers and r1ray.controller (setup.py maps them from workers/ and controller/).
+CHECKOUT_MARKERS = ("r1ray/__init__.py", "setup.py")
+
+
+def refuse_checkout(root: Path) -> None:
+    """Raise SubmitError if `root` looks like the r1ray checkout (or another Python project's root)."""
+    found = next((marker for marker in CHECKOUT_MARKERS if (root / marker).is_file()), None)
+    if found:
+        raise SubmitError(f"--working-dir {root} holds {found}: uploaded, it would shadow the installed r1ray "
+                          f"package on the cluster; pass --working-dir configs (or your experiment folder)")
+
+
 def locate_config(config: str | Path, working_dir: str | Path | None) -> tuple[Path, str]:
     """(working dir, config path relative to it); the working dir defaults to the config's folder."""
     config_path = Path(config).resolve()
@@ -81,6 +95,7 @@ def locate_config(config: str | Path, working_dir: str | Path | None) -> tuple[P
     root = Path(working_dir).resolve() if working_dir else config_path.parent
     if not root.is_dir():
         raise SubmitError(f"--working-dir {working_dir}: not a directory")
+    refuse_checkout(root)
     try:
         relative = config_path.relative_to(root)
     except ValueError:

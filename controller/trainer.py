@@ -125,6 +125,8 @@ class Trainer:
         if rollout is None:
             logger.warning("step %d: every group had zero reward spread; no update", step)
             return {**metrics, **timer.metrics()}
+        if old_lp is not None:
+            metrics["rollout/old_logprob_gap"] = sampler_gap(rollout, old_lp)
         with timer("advantage"):
             shaped = shaped_scores(scores, rollout, cfg.algorithm, budget)
             batch = build_train_batch(rollout, shaped, cfg.algorithm, kl_coef=kl_coef, ref_logprobs=ref_lp,
@@ -247,6 +249,15 @@ class Trainer:
         return self.checkpoints.save(
             state, write_actor=lambda d: self.roles.actor.call("save", str(d)), model_path=self.cfg.model.path,
             config_yaml=config_to_yaml_redacted(self.cfg))
+
+
+def sampler_gap(rollout: RolloutBatch, old_lp: torch.Tensor) -> float:
+    """Mean |trainer - sampler| logprob over response tokens, both of the same weights (before any update
+    of the step): kernel and precision drift only, or a sync that did not land."""
+    mask = rollout.response_mask()
+    width = mask.shape[1]
+    gap = (old_lp[:, :width] - rollout.rollout_logprobs).abs() * mask
+    return float(gap.sum() / mask.sum().clamp(min=1))
 
 
 def wait_for(refs: list, role: str, timeout_s: float) -> list:

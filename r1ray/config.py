@@ -102,7 +102,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = _f(0.5, "vLLM: share of GPU memory for weights and KV cache.")
     generate_batch_size: int = _f(64, "HF engine: sequences generated together in one generate call.")
     free_cache_engine: bool = _f(True, "vLLM: sleep (free KV cache and weights) while the actor trains on the same GPUs.")
-    cpu_kv_cache_gib: float = _f(1.0, "vLLM on a CPU pool: KV cache size in GiB per engine (VLLM_CPU_KVCACHE_SPACE).")
+    cpu_kv_cache_gib: int = _f(1, "vLLM on a CPU pool: KV cache size in whole GiB per engine (vLLM's VLLM_CPU_KVCACHE_SPACE).")
 
 
 @dataclass(frozen=True)

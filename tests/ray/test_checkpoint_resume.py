@@ -40,9 +40,9 @@ class ObservedTrainer(Trainer):
         self.prompt_indices: list[list[int]] = []
         self.saved_weights: dict[int, dict[str, torch.Tensor]] = {}
 
-    def generate(self, prompts, sampling):
+    def generate(self, prompts, sampling, timer=None):
         self.prompt_indices.append(list(prompts.indices))
-        return super().generate(prompts, sampling)
+        return super().generate(prompts, sampling, timer)
 
     def save(self, step: int) -> Path:
         path = super().save(step)

@@ -63,7 +63,7 @@ class RolloutSpec:
     tensor_parallel_size: int = 1           # vllm: devices (worker processes) per engine
     gpu_memory_utilization: float = 0.5     # vllm on GPU: share of the device for weights + KV cache
     sleep_level: int = 0                    # vllm on GPU: 0 never sleeps, 1 offloads weights, 2 discards them
-    cpu_kv_cache_gib: float = 1.0           # vllm on CPU: KV cache size
+    cpu_kv_cache_gib: int = 1               # vllm on CPU: KV cache size in whole GiB
 
 
 class TrainEngine(Protocol):

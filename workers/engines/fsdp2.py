@@ -2,7 +2,8 @@
 
 Every decoder layer is its own FSDP unit and the root holds embeddings, final norm and head. Data-parallel
 ranks must run the same number of forward passes (each one all-gathers shards), so micro-batches are
-cut into a count agreed by an all-reduce (`balanced_chunks`), never a rank-local count.
+cut into a count agreed by an all-reduce (`balanced_chunks`), never a rank-local count. Only rank 0 reads
+the checkpoint; the other ranks build on the meta device and receive their shards by broadcast.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import Tensor
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
+                                                     set_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
@@ -38,13 +40,17 @@ class FSDP2Engine:
         self.scheduler = self._build_scheduler() if self.optimizer else None
 
     def _build_model(self) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM
+        """The sharded model, its checkpoint read from disk by rank 0 alone.
 
+        Every rank loading a 7B checkpoint in float32 would need 30 GB of host memory each; instead the
+        other ranks build the model on the meta device (no memory), shard it, and receive rank 0's
+        weights one tensor at a time, each rank keeping only its shard.
+        """
         torch.manual_seed(self.spec.seed)
-        # Master weights stay float32; FSDP casts to the compute dtype for forward/backward.
-        model = AutoModelForCausalLM.from_pretrained(
-            self.spec.model_path, dtype=torch.float32, attn_implementation=self.spec.attn_implementation,
-            trust_remote_code=self.spec.trust_remote_code)
+        leader = not dist.is_initialized() or dist.get_rank() == 0
+        model = self._load_checkpoint() if leader else self._meta_model()
+        full_state = model.state_dict() if leader else {}
+        tied = _tied_parameters(model)
         if self.spec.gradient_checkpointing and self.spec.trainable:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not self.spec.trainable:
@@ -56,7 +62,36 @@ class FSDP2Engine:
             if type(module).__name__ in layer_types:
                 fully_shard(module, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
-        return model.to(self.device)
+        if leader:
+            model.to(self.device)
+        else:
+            model.to_empty(device=self.device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            _broadcast_from_rank0(model, full_state)
+        if _tied_parameters(model) != tied:
+            raise RuntimeError(f"FSDP2 build of {self.spec.model_path}: tied parameters {tied} came apart")
+        return model
+
+    def _weights_dtype(self) -> torch.dtype:
+        # The actor keeps float32 master weights (FSDP casts to the compute dtype for forward/backward);
+        # the frozen reference never steps, so it holds the compute dtype and half the memory.
+        return torch.float32 if self.spec.trainable else DTYPES[self.spec.dtype]
+
+    def _load_checkpoint(self) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(
+            self.spec.model_path, dtype=self._weights_dtype(), attn_implementation=self.spec.attn_implementation,
+            trust_remote_code=self.spec.trust_remote_code)
+
+    def _meta_model(self) -> torch.nn.Module:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(self.spec.model_path, trust_remote_code=self.spec.trust_remote_code)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(
+                config, dtype=self._weights_dtype(), attn_implementation=self.spec.attn_implementation,
+                trust_remote_code=self.spec.trust_remote_code)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         s = self.spec
@@ -85,15 +120,15 @@ class FSDP2Engine:
         chunks = balanced_chunks(lengths, int(need))
         return [(rows, select_rows(batch, rows) if rows else None) for rows in chunks]
 
-    def _forward(self, micro: TrainBatch | None, temperature: float,
-                 with_entropy: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    def _forward(self, micro: TrainBatch | None, temperature: float, with_entropy: bool,
+                 entropy_grad: bool = False) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """(logprobs (b, R), entropy (b, R) or None, dummy loss when `micro` is None)."""
         if micro is None:
             # A rank with fewer rows than the agreed micro-batch count still joins the collectives.
             out = self.model(input_ids=torch.zeros(1, 1, dtype=torch.int64, device=self.device), use_cache=False)
             return None, None, out.logits.sum() * 0.0
         packed = pack_for_forward(micro.tokens, micro.cu_seqlens, micro.prompt_lens, micro.response_mask.shape[1])
-        logp, ent = forward_response(self.model, packed, self.device, temperature, with_entropy)
+        logp, ent = forward_response(self.model, packed, self.device, temperature, with_entropy, entropy_grad)
         return logp, ent, None
 
     @torch.no_grad()
@@ -113,12 +148,15 @@ class FSDP2Engine:
         return logp, ent
 
     def train_step(self, batch: TrainBatch, loss_fn: LossFn, temperature: float) -> dict[str, float]:
+        """One optimizer step. Entropy is always computed (the actor/entropy metric), but with gradients
+        only when `loss_fn.entropy_grad` says the loss uses it; a loss without that attribute gets them."""
         assert self.optimizer is not None, "train_step on a frozen engine"
         self.model.train()
+        entropy_grad = bool(getattr(loss_fn, "entropy_grad", True))
         totals: dict[str, float] = {}
         micro_batches = [micro for _, micro in self._micro_batches(batch)]
         for micro in micro_batches:
-            logp, ent, dummy = self._forward(micro, temperature, with_entropy=True)
+            logp, ent, dummy = self._forward(micro, temperature, with_entropy=True, entropy_grad=entropy_grad)
             if logp is None:
                 dummy.backward()
                 continue
@@ -183,3 +221,39 @@ class FSDP2Engine:
                         state[key] = value.to(device, non_blocking=True)
         if device.type == "cpu":
             torch.cuda.empty_cache()
+
+
+def _broadcast_from_rank0(model: torch.nn.Module, full_state: dict[str, Tensor]) -> None:
+    """Rank 0's full weights (`full_state`, empty elsewhere) into every rank's shards, and rank 0's
+    non-persistent buffers (rotary `inv_freq`: in no state dict) into every rank's buffers.
+
+    The tensors travel on the model's device: over NCCL on GPU, gloo on CPU. Rank 0's full copy stays
+    on its host and is moved one tensor at a time.
+    """
+    _check_same_layout(model)
+    set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for module in model.modules():
+        for name in sorted(module._non_persistent_buffers_set):
+            buffer = module._buffers.get(name)
+            if buffer is not None:
+                dist.broadcast(buffer, src=0)
+
+
+def _check_same_layout(model: torch.nn.Module) -> None:
+    """Refuse to go on when the meta-built model differs from rank 0's loaded one (a loader that keeps some
+    modules in float32, say): the broadcast would cast silently and FSDP's all-gathers would mix dtypes."""
+    layout = [(name, str(p.dtype), tuple(p.shape)) for name, p in model.named_parameters()]
+    layouts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(layouts, layout)
+    differing = sorted({entry[0] for other in layouts for entry in set(other) ^ set(layouts[0])})
+    if differing:
+        raise RuntimeError(f"FSDP2 build: the ranks' models differ from rank 0's loaded checkpoint in the name, "
+                           f"dtype or shape of {len(differing)} parameter(s), first {differing[:3]}")
+
+
+def _tied_parameters(model: torch.nn.Module) -> list[list[str]]:
+    """Names of the parameters that share one tensor (lm_head and the embedding of tied models)."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return sorted(group for group in names.values() if len(group) > 1)

@@ -4,17 +4,24 @@ Sequences are laid end to end in a (1, S) row with position ids restarting at 0 
 Hugging Face models turn restarting position ids into a block-diagonal causal mask (flash-attention
 varlen on GPU, a packed mask for sdpa/eager), so sequences never attend to each other. The logits are
 computed only at the positions that predict response tokens (`logits_to_keep` as an index tensor),
-which keeps the (S, vocab) logits matrix of long prompts out of memory.
+which keeps the (S, vocab) logits matrix of long prompts out of memory. Logprobs and entropy upcast
+those logits to float32 a chunk of tokens at a time (`LOGITS_CHUNK_TOKENS`), never all at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from r1ray.protocol import length_mask, unpack
+
+# Response tokens per float32 upcast of the logits: 4096 x 152k vocab is 2.5 GB, transient per chunk,
+# where the whole upcast of a 16k-token micro-batch would be 10 GB, kept for the backward.
+LOGITS_CHUNK_TOKENS = 4096
 
 
 @dataclass
@@ -44,27 +51,73 @@ def pack_for_forward(tokens: Tensor, cu_seqlens: Tensor, prompt_lens: Tensor, wi
         response_lens=lengths - prompt_lens, width=width)
 
 
-def token_logprobs(logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
-    """(K, V) logits, (K,) targets -> (K,) log p(target) at the sampling temperature, in float32."""
-    scaled = logits.float() / (temperature if temperature > 0 else 1.0)
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    """Logits of the sampling distribution in at least float32 (T <= 0 means greedy: scored at T = 1)."""
+    scaled = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return scaled / temperature if temperature > 0 and temperature != 1.0 else scaled
+
+
+def _chunk_logprobs(logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    scaled = _scaled(logits, temperature)
     return scaled.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
 
 
-def token_entropy(logits: Tensor, temperature: float) -> Tensor:
-    """(K, V) -> (K,) entropy of the sampling distribution, in float32."""
-    scaled = logits.float() / (temperature if temperature > 0 else 1.0)
-    logp = torch.log_softmax(scaled, dim=-1)
+def _chunk_entropy(logits: Tensor, temperature: float) -> Tensor:
+    logp = torch.log_softmax(_scaled(logits, temperature), dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 
+def _by_chunks(fn: Callable[..., Tensor], logits: Tensor, rows: tuple[Tensor, ...], temperature: float,
+               chunk_tokens: int | None) -> Tensor:
+    """`fn` over chunks of `chunk_tokens` rows of `logits` (and of each tensor in `rows`), concatenated.
+
+    With gradients, each chunk runs under activation checkpointing: its float32 (chunk, V) upcast and
+    softmax are freed after the forward and recomputed in the backward, so only the compute-dtype logits
+    stay alive between forward and backward.
+    """
+    if len(logits) == 0:
+        return _scaled(logits, 1.0).sum(-1)
+    grad = torch.is_grad_enabled() and logits.requires_grad
+    size = chunk_tokens or LOGITS_CHUNK_TOKENS
+    parts = []
+    for pieces in zip(logits.split(size), *(r.split(size) for r in rows)):
+        if grad:
+            parts.append(checkpoint(fn, *pieces, temperature, use_reentrant=False, preserve_rng_state=False))
+        else:
+            parts.append(fn(*pieces, temperature))
+    return torch.cat(parts)
+
+
+def token_logprobs(logits: Tensor, targets: Tensor, temperature: float, chunk_tokens: int | None = None) -> Tensor:
+    """(K, V) logits, (K,) targets -> (K,) log p(target) at the sampling temperature, in float32
+    (float64 for float64 logits), `chunk_tokens` (default `LOGITS_CHUNK_TOKENS`) rows at a time.
+
+    Temperature is applied to each float32 chunk, not to the compute-dtype logits: dividing bf16 logits
+    would round them once more and widen the gap to the sampler, which divides in float32.
+    """
+    return _by_chunks(_chunk_logprobs, logits, (targets,), temperature, chunk_tokens)
+
+
+def token_entropy(logits: Tensor, temperature: float, chunk_tokens: int | None = None) -> Tensor:
+    """(K, V) -> (K,) entropy of the sampling distribution, in float32 (chunked like `token_logprobs`)."""
+    return _by_chunks(_chunk_entropy, logits, (), temperature, chunk_tokens)
+
+
 def forward_response(model: torch.nn.Module, packed: PackedInputs, device: torch.device, temperature: float,
-                     with_entropy: bool) -> tuple[Tensor, Tensor | None]:
-    """Logprobs (and optionally entropy) of every response token, each (B, R), on `device`."""
+                     with_entropy: bool, entropy_grad: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Logprobs (and optionally entropy) of every response token, each (B, R), on `device`.
+
+    Entropy carries gradients only with `entropy_grad` (an entropy bonus in the loss); as a metric it is
+    computed without them, so its softmax is never part of the backward graph.
+    """
     out = model(input_ids=packed.input_ids.to(device), position_ids=packed.position_ids.to(device),
                 logits_to_keep=packed.keep.to(device), use_cache=False)
-    logits = out.logits[0]                                     # (K, V)
+    logits = out.logits[0]                                     # (K, V), compute dtype
     logp = token_logprobs(logits, packed.targets.to(device), temperature)
-    ent = token_entropy(logits, temperature) if with_entropy else None
+    ent = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            ent = token_entropy(logits, temperature)
     width = packed.width
     mask = length_mask(packed.response_lens, width).to(device).bool()
     logp_mat = torch.zeros(mask.shape, dtype=logp.dtype, device=device).masked_scatter(mask, logp)

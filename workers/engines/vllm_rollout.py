@@ -54,7 +54,7 @@ class VLLMRolloutEngine:
                 kwargs.update(distributed_executor_backend="ray")
         else:
             # CPU: no CUDA graphs or compilation to gain; the KV cache is sized in GiB.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{spec.cpu_kv_cache_gib:g}"
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(spec.cpu_kv_cache_gib)
             kwargs.update(enforce_eager=True)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()

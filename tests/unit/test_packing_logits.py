@@ -1,0 +1,157 @@
+"""The logits path of the packed forward: chunked float32 logprobs and entropy equal the whole-matrix
+computation (values and gradients), keep no float32 copy of the logits for the backward, and entropy
+carries gradients only when asked to."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from r1ray.protocol import pack
+from r1ray.workers.engines import packing
+from r1ray.workers.engines.packing import forward_response, pack_for_forward, token_entropy, token_logprobs
+
+K, V = 10, 37
+
+
+def _reference(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unchunked logprobs and entropy of the whole (K, V) matrix, upcast at once (the formulas the
+    chunks use, so that even bf16 gradients may be compared exactly)."""
+    scaled = logits.float() / temperature
+    logp_all = torch.log_softmax(scaled, dim=-1)
+    return (scaled.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(scaled, dim=-1),
+            -(logp_all.exp() * logp_all).sum(-1))
+
+
+def _value_and_grad(fn, logits: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    leaf = logits.detach().clone().requires_grad_(True)
+    out = fn(leaf)
+    (out * weights).sum().backward()
+    return out.detach(), leaf.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("chunk", [3, K, 4 * K])
+def test_chunked_logprobs_and_entropy_equal_the_whole_matrix(chunk: int, temperature: float, dtype) -> None:
+    """Bit for bit: each row's float32 arithmetic is the same whether it is upcast alone or with all rows,
+    and so is its gradient, cast back to the logits' dtype (float32 or bfloat16)."""
+    gen = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(K, V, generator=gen)).to(dtype)
+    targets = torch.randint(0, V, (K,), generator=gen)
+    weights = torch.randn(K, generator=gen)
+    cases = [(lambda x: token_logprobs(x, targets, temperature, chunk),
+              lambda x: _reference(x, targets, temperature)[0]),
+             (lambda x: token_entropy(x, temperature, chunk),
+              lambda x: _reference(x, targets, temperature)[1])]
+    for chunked, whole in cases:
+        got, got_grad = _value_and_grad(chunked, logits, weights)
+        want, want_grad = _value_and_grad(whole, logits, weights)
+        assert got.dtype == torch.float32 and got_grad.dtype == dtype
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=0)
+
+
+def test_chunked_gradients_pass_gradcheck() -> None:
+    """Checkpointed chunks recompute their forward in the backward; the analytic gradient must still be
+    the true one (float64 logits stay float64, so finite differences are exact enough)."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 5, (7,), generator=gen)
+    assert torch.autograd.gradcheck(lambda x: token_logprobs(x, targets, 0.7, 3), (logits,))
+    assert torch.autograd.gradcheck(lambda x: token_entropy(x, 0.7, 3), (logits,))
+
+
+def _saved_float32_sizes(fn, logits: torch.Tensor) -> list[int]:
+    """numel of every float32 tensor autograd keeps for the backward while `fn` runs."""
+    sizes: list[int] = []
+
+    def pack_hook(t: torch.Tensor) -> torch.Tensor:
+        if t.dtype == torch.float32:
+            sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack_hook, lambda t: t):
+        fn(logits)
+    return sizes
+
+
+def test_no_float32_copy_of_the_logits_is_kept_for_the_backward() -> None:
+    k, v, chunk = 64, 500, 16
+    logits = torch.randn(k, v).to(torch.bfloat16).requires_grad_(True)
+    targets = torch.randint(0, v, (k,))
+    # The whole-matrix computation keeps (K, V) float32 tensors: the check below can see them.
+    assert max(_saved_float32_sizes(lambda x: _reference(x, targets, 0.7), logits)) >= k * v
+    for fn in (lambda x: token_logprobs(x, targets, 0.7, chunk), lambda x: token_entropy(x, 0.7, chunk)):
+        assert all(n < chunk * v for n in _saved_float32_sizes(fn, logits))
+
+
+def test_empty_logits_stay_connected_to_the_graph() -> None:
+    """A micro-batch whose responses are all empty still backpropagates (FSDP's reduce-scatter must run)."""
+    logits = torch.zeros(0, V, requires_grad=True)
+    logp = token_logprobs(logits, torch.zeros(0, dtype=torch.int64), 1.0)
+    assert logp.shape == (0,) and logp.grad_fn is not None
+    logp.sum().backward()
+    assert logits.grad is not None
+
+
+@pytest.fixture(scope="module")
+def tiny_lm() -> Qwen2ForCausalLM:
+    config = Qwen2Config(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         tie_word_embeddings=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Qwen2ForCausalLM(config).eval()
+
+
+def _packed(width: int = 6):
+    seqs = [[1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15, 16, 17, 18, 19, 20]]
+    prompt_lens = torch.tensor([3, 2, 3])
+    tokens, cu = pack(seqs)
+    return pack_for_forward(tokens, cu, prompt_lens, width)
+
+
+@pytest.mark.parametrize("entropy_grad", [False, True])
+def test_forward_response_equals_plain_logits_and_grads(tiny_lm, monkeypatch, entropy_grad: bool) -> None:
+    """Through a real lm_head, with chunks smaller than the response tokens: the same values and
+    parameter gradients as the whole logits matrix of a plain forward."""
+    monkeypatch.setattr(packing, "LOGITS_CHUNK_TOKENS", 4)
+    packed = _packed()
+    temperature = 0.7
+
+    tiny_lm.zero_grad()
+    logp, ent = forward_response(tiny_lm, packed, torch.device("cpu"), temperature, True, entropy_grad)
+    assert logp.requires_grad and ent.requires_grad == entropy_grad
+    assert (ent.grad_fn is None) == (not entropy_grad)
+    (logp.sum() + (ent.sum() if entropy_grad else 0.0)).backward()
+    got = {n: p.grad.clone() for n, p in tiny_lm.named_parameters()}
+
+    tiny_lm.zero_grad()
+    logits = tiny_lm(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).logits[0]
+    ref_logp, ref_ent = _reference(logits[packed.keep], packed.targets, temperature)
+    (ref_logp.sum() + (ref_ent.sum() if entropy_grad else 0.0)).backward()
+    mask = packing.length_mask(packed.response_lens, packed.width).bool()
+    torch.testing.assert_close(logp[mask], ref_logp.detach(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ent[mask], ref_ent.detach(), rtol=0, atol=1e-5)
+    for name, param in tiny_lm.named_parameters():
+        torch.testing.assert_close(got[name], param.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_entropy_is_a_metric_without_grad_by_default(tiny_lm) -> None:
+    logp, ent = forward_response(tiny_lm, _packed(), torch.device("cpu"), 1.0, with_entropy=True)
+    assert logp.grad_fn is not None
+    assert ent.grad_fn is None and not ent.requires_grad
+
+
+def test_losses_tell_the_engine_whether_entropy_needs_grad() -> None:
+    from r1ray.workers.losses import ActorLoss, LossSettings, SFTLoss
+
+    def settings(entropy_coef: float) -> LossSettings:
+        return LossSettings(clip_low=0.2, clip_high=0.2, dual_clip=None, agg="token-mean", norm_len=8,
+                            kl_kind="k3", kl_coef=0.0, entropy_coef=entropy_coef)
+
+    assert ActorLoss(settings(0.0), 1.0, 1).entropy_grad is False
+    assert ActorLoss(settings(0.01), 1.0, 1).entropy_grad is True
+    assert SFTLoss(1.0, 1).entropy_grad is False
