@@ -195,8 +195,10 @@ def _placement_rules(cfg: R1RayConfig) -> list[str]:
         problems.append("model.dtype: float16 training without a loss scaler is unstable; use bfloat16")
     rollout_size = _pool_size(cfg, p.rollout)
     tp = cfg.rollout.tensor_parallel_size
-    if rollout_size and (tp < 1 or rollout_size % tp):
-        problems.append(f"rollout.tensor_parallel_size: {tp} must divide the rollout pool's {rollout_size} devices")
+    per_node = cfg.placement.pools[p.rollout].devices_per_node if p.rollout in cfg.placement.pools else 0
+    if rollout_size and (tp < 1 or per_node % tp):
+        problems.append(f"rollout.tensor_parallel_size: {tp} must divide the rollout pool's {per_node} devices per "
+                        f"node (an engine's devices sit on one node)")
     if cfg.actor.engine == "deepspeed":
         # The TrainEngine protocol has one implementation so far; fail here, not in a worker at start-up.
         problems.append("actor.engine: the DeepSpeed engine is not available in this release; use fsdp2")
