@@ -5,24 +5,11 @@ from __future__ import annotations
 import ray
 
 from r1ray.config import R1RayConfig
-from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, chunk_rows
-from r1ray.rewards import RewardItem, ScoreBatch
-from r1ray.workers.group import WorkerGroup
+from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams
+from r1ray.rewards import ScoreBatch
 from r1ray.workers.placement import Placement
 
 from r1ray.controller.roles import build_reward_group, build_rollout_group, shutdown_groups
-
-
-def score_async(reward: WorkerGroup, rollout: RolloutBatch) -> list[ray.ObjectRef]:
-    items = [RewardItem(response=text, ground_truth=gt, data_source=src, extra=dict(extra))
-             for text, gt, src, extra in zip(rollout.response_texts, rollout.ground_truths,
-                                             rollout.data_sources, rollout.extra_infos)]
-    return [w.score.remote([items[i] for i in rows])
-            for w, rows in zip(reward.workers, chunk_rows(len(items), reward.world_size))]
-
-
-def gather_scores(refs: list[ray.ObjectRef]) -> ScoreBatch:
-    return ScoreBatch(results=[r for part in ray.get(refs) for r in part.results])
 
 
 def correct_flags(cfg: R1RayConfig, scored: ScoreBatch) -> list[bool]:
@@ -49,7 +36,7 @@ class InferenceRoles:
         return self.rollout.generate(prompts, sampling)
 
     def score(self, rollout: RolloutBatch) -> ScoreBatch:
-        return gather_scores(score_async(self.reward, rollout))
+        return self.reward.score(rollout)
 
     def shutdown(self) -> None:
         shutdown_groups([self.rollout, self.reward])

@@ -13,8 +13,8 @@ from r1ray.workers.engines import EngineSpec, RolloutSpec
 from r1ray.workers.group import WorkerGroup
 from r1ray.workers.losses import LossSettings
 from r1ray.workers.placement import Placement
-from r1ray.workers.reward import RewardWorker
-from r1ray.workers.role_groups import ActorGroup, RefGroup, RolloutGroup, engine_slots, sync_world_size
+from r1ray.workers.role_groups import (ActorGroup, RefGroup, RewardGroup, RolloutGroup, engine_slots,
+                                      sync_world_size)
 from r1ray.workers.weight_sync import SyncGroupSpec
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ class Roles:
     actor: ActorGroup
     ref: RefGroup | None             # None when KL is off
     rollout: RolloutGroup
-    reward: WorkerGroup
+    reward: RewardGroup
 
     def all(self) -> list[WorkerGroup]:
         return [g for g in (self.actor, self.ref, self.rollout, self.reward) if g is not None]
@@ -86,10 +86,9 @@ def build_rollout_group(cfg: R1RayConfig, slots: list) -> RolloutGroup:
                         collective_timeout_s=cfg.trainer.collective_timeout_s)
 
 
-def build_reward_group(cfg: R1RayConfig, slots: list) -> WorkerGroup:
-    return WorkerGroup("reward", RewardWorker, slots, startup_timeout_s=cfg.trainer.startup_timeout_s,
-                       collective_timeout_s=cfg.trainer.collective_timeout_s, distributed=False,
-                       init_kwargs=dict(spec=reward_spec(cfg)))
+def build_reward_group(cfg: R1RayConfig, slots: list) -> RewardGroup:
+    return RewardGroup(slots, reward_spec(cfg), startup_timeout_s=cfg.trainer.startup_timeout_s,
+                       collective_timeout_s=cfg.trainer.collective_timeout_s)
 
 
 def colocated(cfg: R1RayConfig) -> bool:
@@ -122,13 +121,21 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
     return roles
 
 
+def sync_backend(cfg: R1RayConfig) -> str:
+    """NCCL when actor and engines have GPUs of their own; gloo on CPU, and when they share GPUs (NCCL
+    refuses two ranks of a group on one device), staging through host memory."""
+    gpu = cfg.placement.pools[cfg.placement.actor].device == "gpu"
+    if gpu and colocated(cfg):
+        logger.warning("actor and rollout share GPUs: the weight sync goes over gloo through host memory")
+    return "nccl" if gpu and not colocated(cfg) else "gloo"
+
+
 def connect_weight_sync(roles: Roles, cfg: R1RayConfig) -> None:
     """Actor rank 0 (sync rank 0) and every TP worker of every rollout engine join one dedicated group."""
     host, port = ray.get(roles.actor.call_rank0_async("address"))
-    gpu = cfg.placement.pools[cfg.placement.actor].device == "gpu"
     spec = SyncGroupSpec(master_addr=host, master_port=port,
                          world_size=sync_world_size(roles.rollout.engines, cfg.rollout.tensor_parallel_size),
-                         backend="nccl" if gpu else "gloo", timeout_s=cfg.trainer.collective_timeout_s)
+                         backend=sync_backend(cfg), timeout_s=cfg.trainer.collective_timeout_s)
     if colocated(cfg):
         roles.rollout.wake(["weights"])      # vLLM's weight-transfer engine needs its workers awake
     ray.get([roles.actor.init_weight_sync_async(spec), *roles.rollout.init_weight_sync_async(spec)])

@@ -27,7 +27,7 @@ from r1ray.workers.fingerprint import WeightSyncError, verify_fingerprints
 from r1ray.controller.advantage import build_train_batch, logprob_view, scores_tensor, select_groups, shaped_scores
 from r1ray.controller.checkpoint import CheckpointManager, TrainerState, read_checkpoint, restore_rng
 from r1ray.controller.evaluate import evaluate_dataset, training_eval_sampling
-from r1ray.controller.inference import correct_flags, gather_scores, score_async
+from r1ray.controller.inference import correct_flags
 from r1ray.controller.metrics import StageTimer, mean_over_ranks, rollout_metrics, throughput
 from r1ray.controller.ray_cluster import connect_for
 from r1ray.controller.roles import Roles, build_roles, colocated
@@ -183,7 +183,7 @@ class Trainer:
     def _score_and_logprobs(self, rollout: RolloutBatch) -> tuple[ScoreBatch, Any, Any]:
         """Reward scoring, reference logprobs and (off-policy updates only) old logprobs, all at once."""
         cfg, roles = self.cfg, self.roles
-        score_refs = score_async(roles.reward, rollout)
+        score_refs = roles.reward.score_async(rollout)
         view = logprob_view(rollout)
         temp = cfg.rollout.temperature
         ref_refs = roles.ref.compute_logprobs_async(view, temp) if roles.ref else None
@@ -199,7 +199,7 @@ class Trainer:
             old_lp = torch.cat(ray.get(old_refs))
         if ref_refs and ref_lp is None:
             ref_lp = torch.cat(ray.get(ref_refs))
-        return gather_scores(score_refs), ref_lp, old_lp
+        return roles.reward.gather_scores(score_refs), ref_lp, old_lp
 
     def generate(self, prompts: PromptBatch, sampling: SamplingParams, timer: StageTimer | None = None) -> RolloutBatch:
         """Generate with the actor's current weights. Colocated, the cycle is: wake weights -> sync ->
@@ -220,7 +220,7 @@ class Trainer:
         return batch
 
     def score(self, rollout: RolloutBatch) -> ScoreBatch:
-        return gather_scores(score_async(self.roles.reward, rollout))
+        return self.roles.reward.score(rollout)
 
     def sync_weights(self) -> None:
         """Actor -> rollout engines over the sync group, then compare every tensor's fingerprint (fails the

@@ -1,11 +1,12 @@
 """Per-tensor fingerprints of synced weights, computed on the device where each tensor lives.
 
-A fingerprint is two wrapping int64 sums over the tensor's raw bits (read as integers of the same width):
-S1 = sum(x_i) and S2 = sum(x_i * (i + 1)). Integer sums are exact and order-independent, so the actor's
-GPU and an engine's GPU (or CPU) agree bit for bit whenever the bits agree, and the position weight
-makes S2 change when elements are swapped, shifted or truncated. Every tensor of every sync is
-fingerprinted: one pass over memory on the device, chunked so that the int64 working copy stays small,
-and one device-to-host copy of a (tensors, 2) table at the end.
+A tensor's raw bits (read as integers of the same width) are laid out as rows of ROW elements (the last,
+partial row on its own), and the fingerprint is three wrapping int64 sums: S1 = sum of all values,
+S2 = sum of row sums weighted by row number, S3 = sum of column sums weighted by column number (the
+partial row weighted by absolute position). Integer sums are exact and order-independent, so the
+actor's GPU and an engine's GPU (or CPU) agree bit for bit whenever the bits agree; a changed value
+changes S1, and two swapped values change S2 (different rows) or S3 (same row). Each tensor is read
+twice without an int64 copy, and the (tensors, 3) table crosses to the host once per sync.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-# Elements fingerprinted per chunk: the int64 copy and position weights of a chunk take 16 bytes each.
-CHUNK_ELEMENTS = 1 << 24
+ROW = 4096
 _INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -25,23 +25,26 @@ class WeightSyncError(RuntimeError):
 
 
 def fingerprint(tensor: Tensor) -> Tensor:
-    """(2,) int64 on `tensor.device`: (sum of raw values, position-weighted sum), both wrapping mod 2^64."""
-    flat = tensor.detach().contiguous().view(-1)
-    raw = flat.view(_INT_OF_WIDTH[flat.element_size()])
-    out = torch.zeros(2, dtype=torch.int64, device=flat.device)
-    for start in range(0, raw.numel(), CHUNK_ELEMENTS):
-        x = raw[start:start + CHUNK_ELEMENTS].to(torch.int64)
-        pos = torch.arange(start + 1, start + 1 + x.numel(), dtype=torch.int64, device=flat.device)
-        out[0] += x.sum()
-        out[1] += (x * pos).sum()
-    return out
+    """(3,) int64 on `tensor.device`: (S1, S2, S3) as above, each wrapping mod 2^64."""
+    raw = tensor.detach().contiguous().view(-1)
+    raw = raw.view(_INT_OF_WIDTH[raw.element_size()])
+    full = raw.numel() // ROW * ROW
+    grid, tail = raw[:full].view(-1, ROW), raw[full:]
+    i64 = dict(dtype=torch.int64, device=raw.device)
+    rows = grid.sum(dim=1, dtype=torch.int64)                                  # (R,)
+    cols = grid.sum(dim=0, dtype=torch.int64)                                  # (ROW,)
+    tail_pos = torch.arange(full + 1, raw.numel() + 1, **i64)
+    s1 = rows.sum() + tail.sum(dtype=torch.int64)
+    s2 = (rows * torch.arange(1, rows.numel() + 1, **i64)).sum() + (tail.to(torch.int64) * tail_pos).sum()
+    s3 = (cols * torch.arange(1, ROW + 1, **i64)).sum()
+    return torch.stack([s1, s2, s3])
 
 
 class Fingerprints:
     """The fingerprint table of one sync: row i belongs to manifest entry i."""
 
     def __init__(self, count: int, device: torch.device):
-        self.table = torch.zeros(count, 2, dtype=torch.int64, device=device)
+        self.table = torch.zeros(count, 3, dtype=torch.int64, device=device)
 
     def add(self, index: int, tensor: Tensor) -> None:
         self.table[index] = fingerprint(tensor).to(self.table.device)

@@ -13,13 +13,15 @@ from typing import Any, Sequence
 
 import ray
 
-from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch, concat_batches
+from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch, chunk_rows, concat_batches
+from r1ray.rewards import RewardItem, RewardSpec, ScoreBatch
 from r1ray.workers.actor import ActorWorker
 from r1ray.workers.engines import EngineSpec, RolloutSpec
 from r1ray.workers.group import WorkerGroup
 from r1ray.workers.losses import LossSettings
 from r1ray.workers.placement import WorkerSlot
 from r1ray.workers.ref import RefWorker
+from r1ray.workers.reward import RewardWorker
 from r1ray.workers.rollout import RolloutWorker
 from r1ray.workers.weight_sync import Manifest, SyncGroupSpec
 
@@ -89,6 +91,28 @@ class RolloutGroup(WorkerGroup):
 
     def lifecycle(self) -> list[list[str]]:
         return self.call("lifecycle")
+
+
+class RewardGroup(WorkerGroup):
+    def __init__(self, slots: Sequence[WorkerSlot], spec: RewardSpec, *, startup_timeout_s: float,
+                 collective_timeout_s: float):
+        super().__init__("reward", RewardWorker, slots, startup_timeout_s=startup_timeout_s,
+                         collective_timeout_s=collective_timeout_s, distributed=False, init_kwargs=dict(spec=spec))
+
+    def score_async(self, rollout: RolloutBatch) -> list[ray.ObjectRef]:
+        """Every response scored against its ground truth, in contiguous shares per reward worker."""
+        items = [RewardItem(response=text, ground_truth=gt, data_source=src, extra=dict(extra))
+                 for text, gt, src, extra in zip(rollout.response_texts, rollout.ground_truths,
+                                                 rollout.data_sources, rollout.extra_infos)]
+        return [w.score.remote([items[i] for i in rows])
+                for w, rows in zip(self.workers, chunk_rows(len(items), self.world_size))]
+
+    @staticmethod
+    def gather_scores(refs: list[ray.ObjectRef]) -> ScoreBatch:
+        return ScoreBatch(results=[r for part in ray.get(refs) for r in part.results])
+
+    def score(self, rollout: RolloutBatch) -> ScoreBatch:
+        return self.gather_scores(self.score_async(rollout))
 
 
 class PolicyGroup(WorkerGroup):

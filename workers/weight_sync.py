@@ -14,8 +14,10 @@
                                               vLLM, through the "r1ray" weight-transfer backend
                                               (`engines/vllm_transfer.py`), and keeps its TP shard
 
-The group is a standalone c10d process group (gloo on CPU, NCCL on GPU) built from its own TCPStore,
-so it neither disturbs nor depends on each role's default torch.distributed world. Both sides derive the
+The group is a standalone c10d process group built from its own TCPStore: NCCL between GPUs, gloo on
+CPU and when actor and engines share GPUs (NCCL refuses two ranks on one device; CUDA IPC would avoid the
+host round trip and is not built yet).
+It neither disturbs nor depends on each role's default torch.distributed world. Both sides derive the
 same bucket plan from the manifest, so no per-bucket metadata travels. Every collective has a deadline
 and a failure names the sync rank. Every tensor is fingerprinted where it lives (`fingerprint.py`) on
 both sides, and the controller compares the tables (failing the step loudly on any difference).
@@ -89,7 +91,9 @@ class SyncGroup:
     def __init__(self, spec: SyncGroupSpec, rank: int, device: torch.device):
         self.spec = spec
         self.rank = rank
-        self.device = device
+        # gloo moves host tensors only: a GPU member of a gloo group (actor and engine sharing one GPU,
+        # where NCCL refuses two ranks) stages each bucket through host memory.
+        self.device = device if spec.backend == "nccl" else torch.device("cpu")
         timeout = timedelta(seconds=spec.timeout_s)
         try:
             store = dist.TCPStore(spec.master_addr, spec.master_port, spec.world_size, rank == 0, timeout=timeout)

@@ -27,11 +27,15 @@ def test_equal_tensors_agree_and_any_single_change_is_seen(dtype):
     assert not torch.equal(fingerprint(t.t().contiguous()), base)         # same values, other layout
 
 
-def test_chunking_does_not_change_the_fingerprint(monkeypatch):
-    t = torch.randn(1000)
-    whole = fingerprint(t)
-    monkeypatch.setattr(fp, "CHUNK_ELEMENTS", 7)
-    assert torch.equal(fingerprint(t), whole)
+def test_swaps_within_a_row_across_rows_and_in_the_partial_row_are_seen(monkeypatch):
+    monkeypatch.setattr(fp, "ROW", 8)
+    t = torch.arange(1, 30, dtype=torch.float32)         # 3 full rows of 8 and a partial row of 5
+    base = fingerprint(t)
+    for a, b in [(0, 1), (2, 10), (5, 26), (25, 28)]:    # same row, other rows, full vs partial, partial
+        swapped = t.clone()
+        swapped[[a, b]] = swapped[[b, a]]
+        assert not torch.equal(fingerprint(swapped), base), (a, b)
+    assert torch.equal(fingerprint(t.clone()), base)
 
 
 def test_a_non_contiguous_view_fingerprints_like_its_contiguous_copy():
