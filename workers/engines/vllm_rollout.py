@@ -34,6 +34,18 @@ EXTENSION = "r1ray.workers.engines.vllm_transfer.R1RayWorkerExtension"
 BACKEND = "r1ray"   # vllm_transfer.BACKEND; not imported here, that module imports vLLM internals
 
 
+def cpu_binding(tp: int) -> str:
+    """OpenMP core lists for vLLM's TP workers on CPU ("0-3|4-7"): the cores this process may use, split
+    into tp contiguous parts. vLLM's default ("auto") binds one NUMA node per worker and refuses a TP size
+    above the node count, which on a one-socket machine is 1."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < tp:
+        raise ValueError(f"rollout.tensor_parallel_size={tp}: this worker may use only {len(cores)} CPU core(s)")
+    size = len(cores) // tp
+    parts = [cores[i * size:(i + 1) * size] for i in range(tp)]
+    return "|".join(",".join(str(c) for c in part) for part in parts)
+
+
 class VLLMRolloutEngine:
     def __init__(self, spec: RolloutSpec, device: torch.device):
         from vllm import LLM
@@ -55,6 +67,11 @@ class VLLMRolloutEngine:
         else:
             # CPU: no CUDA graphs or compilation to gain; the KV cache is sized in GiB.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(spec.cpu_kv_cache_gib)
+            if spec.tensor_parallel_size > 1:
+                # Local worker processes (vLLM would pick its Ray executor inside a placement group).
+                kwargs.update(distributed_executor_backend="mp")
+                if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+                    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(spec.tensor_parallel_size)
             kwargs.update(enforce_eager=True)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
