@@ -122,22 +122,40 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
 
 
 def sync_backend(cfg: R1RayConfig) -> str:
-    """NCCL when actor and engines have GPUs of their own; gloo on CPU, and when they share GPUs (NCCL
-    refuses two ranks of a group on one device), staging through host memory."""
-    gpu = cfg.placement.pools[cfg.placement.actor].device == "gpu"
-    if gpu and colocated(cfg):
-        logger.warning("actor and rollout share GPUs: the weight sync goes over gloo through host memory")
-    return "nccl" if gpu and not colocated(cfg) else "gloo"
+    """"ipc" when actor and engines share devices (NCCL refuses two ranks of a group on one GPU; on CPU the
+    same path shares host memory); otherwise NCCL between GPUs, gloo on CPU."""
+    if colocated(cfg):
+        return "ipc"
+    return "nccl" if cfg.placement.pools[cfg.placement.actor].device == "gpu" else "gloo"
+
+
+def sync_layout(cfg: R1RayConfig, roles: Roles) -> tuple[list[SyncGroupSpec | None], list[list[tuple[SyncGroupSpec, int]]]]:
+    """Who sends to whom: (the group each actor rank sends to, or None; per engine, (group, sync rank) of
+    each TP worker).
+
+    Shared group: actor rank 0 sends to every engine worker (ranks 1 + engine x TP + TP rank).
+    "ipc": actor and rollout slots are the same bundles, so the actor rank on bundle b sends to the engine
+    worker on bundle b, a group of two; TP worker t of engine e sits on bundle e x TP + t.
+    """
+    tp, timeout = cfg.rollout.tensor_parallel_size, cfg.trainer.collective_timeout_s
+    engines = roles.rollout.engines
+    backend = sync_backend(cfg)
+    if backend == "ipc":
+        specs = [SyncGroupSpec(master_addr=h, master_port=p, world_size=2, backend="ipc", timeout_s=timeout)
+                 for h, p in ray.get(roles.actor.call_async("address"))]
+        return specs, [[(specs[e * tp + t], 1) for t in range(tp)] for e in range(len(engines))]
+    host, port = ray.get(roles.actor.call_rank0_async("address"))
+    spec = SyncGroupSpec(master_addr=host, master_port=port, world_size=sync_world_size(engines, tp),
+                         backend=backend, timeout_s=timeout)
+    return ([spec] + [None] * (roles.actor.world_size - 1),
+            [[(spec, e.sync_rank_offset + t) for t in range(tp)] for e in engines])
 
 
 def connect_weight_sync(roles: Roles, cfg: R1RayConfig) -> None:
-    """Actor rank 0 (sync rank 0) and every TP worker of every rollout engine join one dedicated group."""
-    host, port = ray.get(roles.actor.call_rank0_async("address"))
-    spec = SyncGroupSpec(master_addr=host, master_port=port,
-                         world_size=sync_world_size(roles.rollout.engines, cfg.rollout.tensor_parallel_size),
-                         backend=sync_backend(cfg), timeout_s=cfg.trainer.collective_timeout_s)
+    """Every actor rank that sends and every TP worker of every engine join their weight-sync group."""
+    actor_specs, members = sync_layout(cfg, roles)
     if colocated(cfg):
         roles.rollout.wake(["weights"])      # vLLM's weight-transfer engine needs its workers awake
-    ray.get([roles.actor.init_weight_sync_async(spec), *roles.rollout.init_weight_sync_async(spec)])
-    logger.info("weight-sync group ready: %s:%d, %d ranks, %s", spec.master_addr, spec.master_port,
-                spec.world_size, spec.backend)
+    ray.get([*roles.actor.init_weight_sync_async(actor_specs), *roles.rollout.init_weight_sync_async(members)])
+    logger.info("weight sync ready: %s, %d sender(s), %d engine(s) x TP %d", actor_specs[0].backend,
+                sum(s is not None for s in actor_specs), len(members), cfg.rollout.tensor_parallel_size)

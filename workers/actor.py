@@ -61,15 +61,16 @@ class ActorWorker(PolicyWorker):
         model = self.engine.model
         return [(name, tuple(p.shape), f"torch.{dtype}") for name, p in model.named_parameters()]
 
-    def init_weight_sync(self, spec: SyncGroupSpec) -> None:
-        """Rank 0 joins the weight-sync group as its sender (sync rank 0)."""
-        self.sync = SyncGroup(spec, 0, self.device)
+    def init_weight_sync(self, spec: SyncGroupSpec | None) -> None:
+        """Join a weight-sync group as its sender (sync rank 0): rank 0 for a shared group, every rank for
+        its own colocated "ipc" pair; None for a rank that sends to no one."""
+        self.sync = SyncGroup(spec, 0, self.device) if spec is not None else None
 
     def send_weights(self, manifest: Manifest) -> list[list[int]] | None:
-        """All ranks gather full weights (a collective); rank 0 broadcasts them and returns the fingerprint
-        of every tensor it sent."""
+        """All ranks gather full weights (a collective); each rank in a sync group sends them and returns the
+        fingerprint of every tensor it sent (all equal: every rank gathered the same full tensors)."""
         weights = self.engine.named_full_weights([name for name, _, _ in manifest])
-        if self.rank != 0:
+        if self.sync is None:
             for _ in weights:
                 pass
             return None

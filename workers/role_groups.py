@@ -77,8 +77,9 @@ class RolloutGroup(WorkerGroup):
         """Rows come back grouped by prompt, in prompt order."""
         return concat_batches([b for b in ray.get(self.generate_async(prompts, sampling)) if len(b)])
 
-    def init_weight_sync_async(self, spec: SyncGroupSpec) -> list[ray.ObjectRef]:
-        return self.call_async("init_weight_sync", spec)
+    def init_weight_sync_async(self, members: list[list[tuple[SyncGroupSpec, int]]]) -> list[ray.ObjectRef]:
+        """members[e]: (group, sync rank) of each TP worker of engine e."""
+        return [w.init_weight_sync.remote(m) for w, m in zip(self.workers, members)]
 
     def receive_weights_async(self, manifest: Manifest) -> list[ray.ObjectRef]:
         return self.call_async("receive_weights", manifest)
@@ -146,8 +147,9 @@ class ActorGroup(PolicyGroup):
     def weight_manifest(self, dtype: str) -> Manifest:
         return ray.get(self.call_rank0_async("weight_manifest", dtype))
 
-    def init_weight_sync_async(self, spec: SyncGroupSpec) -> ray.ObjectRef:
-        return self.call_rank0_async("init_weight_sync", spec)
+    def init_weight_sync_async(self, specs: list[SyncGroupSpec | None]) -> list[ray.ObjectRef]:
+        """specs[r]: the group actor rank r sends to, or None."""
+        return [w.init_weight_sync.remote(s) for w, s in zip(self.workers, specs)]
 
     def send_weights_async(self, manifest: Manifest) -> list[ray.ObjectRef]:
         """Every rank gathers (a collective); rank 0's ref carries the sent fingerprints."""

@@ -44,9 +44,9 @@ class RolloutWorker(Worker):
         self._record("generate")
         return self.engine.generate(prompts, replace(sampling, seed=derive_seed(sampling.seed, self.rank)))
 
-    def init_weight_sync(self, spec: SyncGroupSpec) -> None:
-        """Join the weight-sync group: this engine's receivers take sync ranks 1 + rank x TP onwards."""
-        self.engine.init_weight_sync(spec.to_dict(), 1 + self.rank * self.spec.tensor_parallel_size)
+    def init_weight_sync(self, members: list[tuple[SyncGroupSpec, int]]) -> None:
+        """Join the weight sync: (group, sync rank) of each of this engine's TP workers."""
+        self.engine.init_weight_sync([{"spec": spec.to_dict(), "rank": rank} for spec, rank in members])
 
     def receive_weights(self, manifest: Manifest) -> list[FingerprintTable]:
         """Receive and load the actor's weights; one fingerprint table per receiving process."""

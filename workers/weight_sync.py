@@ -14,19 +14,28 @@
                                               vLLM, through the "r1ray" weight-transfer backend
                                               (`engines/vllm_transfer.py`), and keeps its TP shard
 
-The group is a standalone c10d process group built from its own TCPStore: NCCL between GPUs, gloo on
-CPU and when actor and engines share GPUs (NCCL refuses two ranks on one device; CUDA IPC would avoid the
-host round trip and is not built yet).
-It neither disturbs nor depends on each role's default torch.distributed world. Both sides derive the
-same bucket plan from the manifest, so no per-bucket metadata travels. Every collective has a deadline
-and a failure names the sync rank. Every tensor is fingerprinted where it lives (`fingerprint.py`) on
-both sides, and the controller compares the tables (failing the step loudly on any difference).
+Transports (`SyncGroupSpec.backend`), chosen by placement (`controller/roles.py:sync_backend`):
+- "nccl": actor and engines on GPUs of their own; a standalone c10d group built from its own TCPStore, so it
+  neither disturbs nor depends on each role's default torch.distributed world.
+- "gloo": the same on CPU.
+- "ipc": actor and engines colocated (NCCL refuses two ranks on one GPU). Every actor rank already holds the
+  full tensors (`full_tensor()` gathers on all ranks), so each rank sends to the engine worker on its own
+  bundle, a group of two: a bucket is shared, not copied, through CUDA IPC on a GPU or shared memory on a
+  CPU, and its handle travels through the group's TCPStore; the receiver copies it and acknowledges.
+
+Both sides derive the same bucket plan from the manifest, so no per-bucket metadata travels. Every
+exchange has a deadline and a failure names the sync rank. Every tensor is fingerprinted where it lives
+(`fingerprint.py`) on both sides, and the controller compares the tables (failing the step loudly on any
+difference).
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
+import time
 from dataclasses import asdict, dataclass
+from multiprocessing.reduction import ForkingPickler
 from datetime import timedelta
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -48,8 +57,8 @@ __all__ = ["DTYPES", "Manifest", "SyncGroup", "SyncGroupSpec", "WeightSyncError"
 class SyncGroupSpec:
     master_addr: str
     master_port: int
-    world_size: int               # 1 sender + every receiving process (engines x their TP size)
-    backend: str                  # "gloo" | "nccl"
+    world_size: int               # 1 sender + its receiving processes (engines x TP size; 2 for "ipc")
+    backend: str                  # "gloo" | "nccl" | "ipc"
     timeout_s: float
     bucket_bytes: int = 64 << 20
 
@@ -86,32 +95,64 @@ def _numel(shape: Sequence[int]) -> int:
 
 
 class SyncGroup:
-    """One member of the weight-sync group."""
+    """One member of a weight-sync group."""
 
     def __init__(self, spec: SyncGroupSpec, rank: int, device: torch.device):
         self.spec = spec
         self.rank = rank
-        # gloo moves host tensors only: a GPU member of a gloo group (actor and engine sharing one GPU,
-        # where NCCL refuses two ranks) stages each bucket through host memory.
-        self.device = device if spec.backend == "nccl" else torch.device("cpu")
+        # gloo moves host tensors only; NCCL and IPC move the tensors where they live.
+        self.device = torch.device("cpu") if spec.backend == "gloo" else device
+        self.pg = None
+        self.exchanged = 0                 # buckets exchanged so far: "ipc" keys are unique per bucket
         timeout = timedelta(seconds=spec.timeout_s)
         try:
             store = dist.TCPStore(spec.master_addr, spec.master_port, spec.world_size, rank == 0, timeout=timeout)
-            prefixed = dist.PrefixStore("r1ray-weight-sync", store)
-            self.pg = _make_process_group(spec.backend, prefixed, rank, spec.world_size, timeout)
+            self.store = dist.PrefixStore("r1ray-weight-sync", store)
+            if spec.backend == "ipc":
+                # Host buckets are shared by file name, which a process that is not our child can open.
+                torch.multiprocessing.set_sharing_strategy("file_system")
+            else:
+                self.pg = _make_process_group(spec.backend, self.store, rank, spec.world_size, timeout)
         except Exception as exc:
             raise WeightSyncError(f"weight-sync rank {rank}/{spec.world_size}: could not join the group at "
                                   f"{spec.master_addr}:{spec.master_port} within {spec.timeout_s:g}s: {exc}") from exc
         self._store = store
 
-    def broadcast(self, tensor: Tensor) -> None:
+    def _bucket(self, flat: Tensor) -> Tensor:
+        """Rank 0 passes its bucket, receivers an empty one of the same size; all return the sent data."""
+        if self.pg is None:
+            return self._share(flat)
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
         try:
-            self.pg.broadcast([tensor], opts).wait(timedelta(seconds=self.spec.timeout_s))
+            self.pg.broadcast([flat], opts).wait(timedelta(seconds=self.spec.timeout_s))
         except Exception as exc:
             raise WeightSyncError(f"weight-sync rank {self.rank}: broadcast failed or timed out after "
                                   f"{self.spec.timeout_s:g}s: {exc}") from exc
+        return flat
+
+    def _share(self, flat: Tensor) -> Tensor:
+        """"ipc": the sender publishes the bucket's handle and waits for every receiver's copy."""
+        key = f"bucket/{self.exchanged}"
+        self.exchanged += 1
+        try:
+            if self.rank != 0:
+                received = pickle.loads(self.store.get(key)).to(flat.device).clone()
+                self.store.add(key + "/acks", 1)
+                return received
+            if flat.device.type == "cpu":
+                flat.share_memory_()
+            self.store.set(key, bytes(ForkingPickler.dumps(flat)))
+            deadline = time.monotonic() + self.spec.timeout_s
+            while self.store.add(key + "/acks", 0) < self.spec.world_size - 1:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no copy acknowledged within {self.spec.timeout_s:g}s")
+                time.sleep(0.001)
+            self.store.delete_key(key)
+            self.store.delete_key(key + "/acks")
+            return flat
+        except Exception as exc:
+            raise WeightSyncError(f"weight-sync rank {self.rank}: IPC bucket {key} failed: {exc}") from exc
 
     def send(self, manifest: Manifest, weights: Iterable[tuple[str, Tensor]]) -> list[list[int]]:
         """Sender side (rank 0). `weights` yields (name, full tensor) in manifest order; returns the
@@ -129,7 +170,10 @@ class SyncGroup:
                 tensor = tensor.to(self.device, DTYPES[dt]).contiguous()
                 prints.add(i, tensor)
                 parts.append(tensor.reshape(-1))
-            self.broadcast(torch.cat(parts) if len(parts) > 1 else parts[0])
+            flat = torch.cat(parts) if len(parts) > 1 else parts[0]
+            if self.pg is None and len(parts) == 1:
+                flat = flat.clone()      # an IPC bucket must own its storage, not share a weight's
+            self._bucket(flat)
         return prints.tolist()
 
     def receive(self, manifest: Manifest, prints: Fingerprints | None = None) -> Iterator[tuple[str, Tensor]]:
@@ -138,8 +182,7 @@ class SyncGroup:
         for bucket in bucket_plan(manifest, self.spec.bucket_bytes):
             dtype = DTYPES[manifest[bucket[0]][2]]
             numels = [_numel(manifest[i][1]) for i in bucket]
-            flat = torch.empty(sum(numels), dtype=dtype, device=self.device)
-            self.broadcast(flat)
+            flat = self._bucket(torch.empty(sum(numels), dtype=dtype, device=self.device))
             for i, piece in zip(bucket, torch.split(flat, numels)):
                 name, shape, _ = manifest[i]
                 tensor = piece.view(tuple(shape))

@@ -2,7 +2,7 @@
 
 `python -m pytest -q tests/gpu` there. What each test needs is in its skip condition:
 - one GPU: FSDP2 over a `cpu:gloo,cuda:nccl` default group with the colocated actor/reference/HF rollout
-  (the sync goes over gloo through host memory: NCCL refuses two ranks on one GPU), sdpa and flash-attention;
+  (the sync goes through CUDA IPC: NCCL refuses two ranks on one GPU), sdpa and flash-attention;
   vLLM (CUDA build) generation with sleep mode level 2 and the weight sync into a woken engine;
 - two GPUs: the NCCL weight sync between an actor GPU and an engine GPU, and a vLLM engine with TP=2.
 """
@@ -58,8 +58,8 @@ def _run_steps(cfg, steps: int = 2) -> list[dict]:
 
 @pytest.mark.parametrize("attn", ["sdpa", "flash_attention_2"])
 def test_colocated_grpo_steps_on_one_gpu(gpu_cluster, small_config, tmp_path, attn):
-    """Actor (FSDP2, NCCL + gloo default group), reference and HF rollout on one GPU; every sync is
-    fingerprint-verified by the trainer."""
+    """Actor (FSDP2, NCCL + gloo default group), reference and HF rollout on one GPU; every sync goes
+    through CUDA IPC and is fingerprint-verified by the trainer."""
     if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         pytest.skip("flash-attn is not installed")
     cfg = small_config(tmp_path, *_pools(colocated=True), "model.dtype=bfloat16", f"model.attn_implementation={attn}",

@@ -121,7 +121,7 @@ def actor_rollout(ray_cluster, small_config, tmp_path_factory):
     host, port = ray.get(actor.call_rank0_async("address"))
     spec = SyncGroupSpec(master_addr=host, master_port=port, world_size=2, backend="gloo", timeout_s=60,
                          bucket_bytes=BUCKET_BYTES)
-    ray.get([actor.init_weight_sync_async(spec), *rollout.init_weight_sync_async(spec)])
+    ray.get([*actor.init_weight_sync_async([spec, None]), *rollout.init_weight_sync_async([[(spec, 1)]])])
     manifest = actor.weight_manifest(cfg.model.dtype)
 
     data = build_datasets(cfg)

@@ -116,7 +116,8 @@ def vllm_setup(ray_cluster, small_config, tmp_path_factory):
     host, port = ray.get(actor.call_rank0_async("address"))
     spec = SyncGroupSpec(master_addr=host, master_port=port, world_size=sync_world_size(rollout.engines, 1),
                          backend="gloo", timeout_s=120, bucket_bytes=1 << 16)
-    ray.get([actor.init_weight_sync_async(spec), *rollout.init_weight_sync_async(spec)])
+    members = [[(spec, e.sync_rank_offset)] for e in rollout.engines]          # ranks 1 and 2
+    ray.get([*actor.init_weight_sync_async([spec, None]), *rollout.init_weight_sync_async(members)])
     setup = VLLMSetup(cfg, actor, rollout, actor.weight_manifest(cfg.model.dtype), actor.full_weights())
     yield setup
     shutdown_groups([actor, rollout])

@@ -57,7 +57,7 @@ def test_tp2_engine_receives_the_sync_on_both_workers_and_matches_hf(ray_cluster
         spec = SyncGroupSpec(master_addr=host, master_port=port, world_size=sync_world_size(engines, 2),
                              backend="gloo", timeout_s=120)
         assert spec.world_size == 3                       # the sender + the engine's two TP workers
-        ray.get([actor.init_weight_sync_async(spec), *rollout.init_weight_sync_async(spec)])
+        ray.get([*actor.init_weight_sync_async([spec]), *rollout.init_weight_sync_async([[(spec, 1), (spec, 2)]])])
         manifest = actor.weight_manifest(cfg.model.dtype)
         sent = actor.send_weights_async(manifest)
         tables = ray.get(rollout.receive_weights_async(manifest))[0]

@@ -1,6 +1,6 @@
 """The Trainer with vLLM rollout engines on CPU, colocated with the actor: the wake / sync / generate / sleep
 cycle of the rollout and the onload / offload cycle of the actor happen in the order the GPU recipe needs,
-every step's sync is fingerprint-verified, and the engines sample from the updated policy."""
+every step's sync (the "ipc" transport: shared memory) is fingerprint-verified, and the engines sample from the updated policy."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[cpu]' (CI installs it)")
 
+from r1ray.controller.roles import sync_backend  # noqa: E402
 from r1ray.controller.trainer import Trainer  # noqa: E402
 from r1ray.models import build_tiny_model  # noqa: E402
 
@@ -27,7 +28,9 @@ ACTOR_CYCLE = ["onload", "offload", "onload", "onload", "offload"]
 
 def test_colocated_vllm_steps_follow_the_cycle_and_train(ray_cluster, small_config, tmp_path):
     model = build_tiny_model(tmp_path / "model", hidden=64, layers=2, heads=2, kv_heads=1, max_position_embeddings=256)
-    trainer = Trainer(small_config(tmp_path / "out", f"model.path={model}", *COLOCATED))
+    cfg = small_config(tmp_path / "out", f"model.path={model}", *COLOCATED)
+    assert sync_backend(cfg) == "ipc"       # shared memory here, CUDA IPC on a GPU: NCCL refuses one device twice
+    trainer = Trainer(cfg)
     trainer._build()
     try:
         initial = trainer.roles.actor.full_weights()

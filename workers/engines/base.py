@@ -94,9 +94,9 @@ class RolloutEngine(Protocol):
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
         """`sampling.n` samples per prompt, rows grouped by prompt; `sampling.seed` is this engine's own."""
 
-    def init_weight_sync(self, spec_dict: dict, rank_offset: int) -> None:
-        """Join the weight-sync group (`SyncGroupSpec.to_dict()`); this engine's receivers take sync ranks
-        rank_offset .. rank_offset + tensor_parallel_size - 1."""
+    def init_weight_sync(self, members: list[dict]) -> None:
+        """Join the weight sync: members[t] = {"spec": SyncGroupSpec.to_dict(), "rank": sync rank} for the
+        engine's TP worker t (one shared group, or one colocated "ipc" pair per worker)."""
 
     def receive_weights(self, manifest: list) -> list[FingerprintTable]:
         """Receive and load the actor's weights; one fingerprint table per receiving process."""

@@ -80,8 +80,9 @@ class HFRolloutEngine:
         return responses, logprobs, truncated
 
     # ---- weight sync ------------------------------------------------------------------------------
-    def init_weight_sync(self, spec_dict: dict, rank_offset: int) -> None:
-        self.sync = SyncGroup(SyncGroupSpec.from_dict(spec_dict), rank_offset, self.device)
+    def init_weight_sync(self, members: list[dict]) -> None:
+        (member,) = members                  # no tensor parallelism: one receiving process
+        self.sync = SyncGroup(SyncGroupSpec.from_dict(member["spec"]), member["rank"], self.device)
 
     def receive_weights(self, manifest: Manifest) -> list[FingerprintTable]:
         state = self.model.state_dict()

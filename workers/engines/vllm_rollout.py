@@ -104,8 +104,8 @@ class VLLMRolloutEngine:
         return assemble_rollout(prompts, sampling.n, responses, logprobs, truncated, texts)
 
     # ---- weight sync through vLLM's weight-transfer API ------------------------------------------
-    def init_weight_sync(self, spec_dict: dict, rank_offset: int) -> None:
-        self.llm.init_weight_transfer_engine({"init_info": {"spec": spec_dict, "rank_offset": rank_offset}})
+    def init_weight_sync(self, members: list[dict]) -> None:
+        self.llm.init_weight_transfer_engine({"init_info": {"members": members}})
 
     def receive_weights(self, manifest: list) -> list[FingerprintTable]:
         update = {"names": [m[0] for m in manifest], "shapes": [list(m[1]) for m in manifest],

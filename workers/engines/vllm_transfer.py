@@ -34,8 +34,9 @@ BACKEND = "r1ray"
 
 @dataclass
 class R1RayInitInfo(WeightTransferInitInfo):
-    spec: dict[str, Any]          # SyncGroupSpec.to_dict()
-    rank_offset: int              # sync rank of this engine's first worker: 1 + engine index x TP size
+    # Per TP worker of the engine: {"spec": SyncGroupSpec.to_dict(), "rank": its sync rank}; one shared group
+    # (ranks 1 + engine index x TP + TP rank) or one colocated "ipc" pair per worker (rank 1 each).
+    members: list[dict[str, Any]]
 
 
 @dataclass
@@ -66,10 +67,10 @@ class R1RayTransferEngine(WeightTransferEngine[R1RayInitInfo, R1RayUpdateInfo]):
 
     def init_transfer_engine(self, init_info: R1RayInitInfo) -> None:
         p = self.parallel_config
-        # TP (x PP) workers of one engine take consecutive sync ranks, as in vLLM's own NCCL backend.
-        rank = init_info.rank_offset + p.data_parallel_index * p.world_size + p.rank
-        self.group = SyncGroup(SyncGroupSpec.from_dict(init_info.spec), rank, self.device)
-        logger.info("vLLM worker %d joined the weight-sync group as rank %d", p.rank, rank)
+        member = init_info.members[p.rank]
+        self.group = SyncGroup(SyncGroupSpec.from_dict(member["spec"]), member["rank"], self.device)
+        logger.info("vLLM worker %d joined the weight-sync group as rank %d (%s)", p.rank, member["rank"],
+                    member["spec"]["backend"])
 
     def start_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
