@@ -73,7 +73,8 @@ def rollout_spec(cfg: R1RayConfig) -> RolloutSpec:
     r, m = cfg.rollout, cfg.model
     return RolloutSpec(
         engine=r.engine, model_path=m.path, dtype=m.dtype, max_model_len=r.max_prompt_length + r.max_response_length,
-        seed=cfg.trainer.seed, trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation,
+        seed=cfg.trainer.seed, device=cfg.placement.pools[cfg.placement.rollout].device,
+        trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation,
         generate_batch_size=r.generate_batch_size, tensor_parallel_size=r.tensor_parallel_size,
         gpu_memory_utilization=r.gpu_memory_utilization, sleep_level=2 if r.free_cache_engine else 0,
         cpu_kv_cache_gib=r.cpu_kv_cache_gib)

@@ -85,7 +85,8 @@ def test_vllm_engine_sleeps_level_2_and_generates_after_wake(tmp_path):
 
     model = build_tiny_model(tmp_path / "m", **VLLM_TINY)
     engine = VLLMRolloutEngine(RolloutSpec(engine="vllm", model_path=str(model), dtype="bfloat16", max_model_len=256,
-                                           seed=0, gpu_memory_utilization=0.3, sleep_level=2), torch.device("cuda"))
+                                           seed=0, device="gpu", gpu_memory_utilization=0.3, sleep_level=2),
+                               torch.device("cuda"))
     prompts = PromptBatch(prompt_ids=[[5, 6, 7], [8, 9]], ground_truths=["1", "2"], data_sources=["a", "a"],
                           extra_infos=[{}, {}], indices=[0, 1])
     batch = engine.generate(prompts, SamplingParams(n=3, temperature=1.0, max_new_tokens=8, seed=1))

@@ -57,6 +57,8 @@ class RolloutSpec:
     dtype: str                              # weights and compute dtype of the engine
     max_model_len: int                      # prompt + response budget
     seed: int
+    device: str = "cpu"                     # the rollout pool's device, "cpu" | "gpu" (a TP engine's own
+                                            # worker holds no GPU: its TP workers do)
     trust_remote_code: bool = False
     attn_implementation: str = "sdpa"       # hf
     generate_batch_size: int = 64           # hf: sequences per generate call

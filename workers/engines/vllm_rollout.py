@@ -51,7 +51,7 @@ class VLLMRolloutEngine:
         from vllm import LLM
 
         self.spec = spec
-        self.on_gpu = device.type == "cuda"
+        self.on_gpu = spec.device == "gpu"
         self.sleeping: set[str] = set()
         kwargs = dict(
             model=spec.model_path, dtype=spec.dtype, tensor_parallel_size=spec.tensor_parallel_size,
