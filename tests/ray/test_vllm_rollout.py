@@ -170,6 +170,15 @@ def test_seeded_sampling_is_reproducible_and_every_prompt_has_its_own_stream(vll
     assert len({tuple(r) for r in first}) == len(first), first                  # 8 rows, 8 distinct samples
 
 
+def test_a_seeded_batch_larger_than_one_scheduler_step_keeps_the_engine_alive(vllm_setup):
+    """64 prompts of 150 tokens (4,800 prompt tokens per engine, past one step's token budget): with chunked
+    prefill, vLLM would rewind a seeded CPU generator for the token it discards after a partial prefill and
+    die ("CPU Generator does not use offset"); every prompt is prefilled whole instead."""
+    prompts = _prompts([LONG_PROMPT[i:] + LONG_PROMPT[:i] for i in range(64)])
+    batch = vllm_setup.rollout.generate(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=4, seed=5))
+    assert len(batch) == 128 and (batch.response_lens >= 1).all()
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_processed_logprobs_match_the_actors_recomputed_logprobs(vllm_setup, temperature):
     """vLLM reports logprobs after temperature (processed_logprobs); the actor recomputes them at the same

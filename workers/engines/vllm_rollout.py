@@ -72,7 +72,11 @@ class VLLMRolloutEngine:
                 kwargs.update(distributed_executor_backend="mp")
                 if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
                     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(spec.tensor_parallel_size)
-            kwargs.update(enforce_eager=True)
+            # vLLM rewinds a seeded request's generator when it discards the token sampled after a partial
+            # prefill chunk, and CPU generators cannot rewind ("CPU Generator does not use offset"): with
+            # per-prompt seeds, a batch whose prompts exceed one step's token budget would kill the engine.
+            # Without chunked prefill every prompt is prefilled whole.
+            kwargs.update(enforce_eager=True, enable_chunked_prefill=False)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.stop_ids = eos_ids(spec.model_path, self.tokenizer)
