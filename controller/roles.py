@@ -81,9 +81,9 @@ def rollout_spec(cfg: R1RayConfig) -> RolloutSpec:
 
 
 def build_rollout_group(cfg: R1RayConfig, slots: list) -> RolloutGroup:
-    on_gpu = cfg.placement.pools[cfg.placement.rollout].device == "gpu"
-    engines = engine_slots(slots, cfg.rollout.tensor_parallel_size, on_gpu)
-    return RolloutGroup(engines, rollout_spec(cfg), startup_timeout_s=cfg.trainer.startup_timeout_s,
+    spec = rollout_spec(cfg)
+    engines = engine_slots(slots, spec.tensor_parallel_size, on_gpu=spec.device == "gpu")
+    return RolloutGroup(engines, spec, startup_timeout_s=cfg.trainer.startup_timeout_s,
                         collective_timeout_s=cfg.trainer.collective_timeout_s)
 
 

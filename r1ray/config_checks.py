@@ -195,6 +195,9 @@ def _placement_rules(cfg: R1RayConfig) -> list[str]:
         problems.append("model.dtype: float16 training without a loss scaler is unstable; use bfloat16")
     rollout_size = _pool_size(cfg, p.rollout)
     tp = cfg.rollout.tensor_parallel_size
+    if tp > 1 and cfg.rollout.engine != "vllm":
+        problems.append(f"rollout.tensor_parallel_size: {tp} needs rollout.engine=vllm (the hf engine runs one "
+                        f"device per engine); set it to 1 or use vllm")
     per_node = cfg.placement.pools[p.rollout].devices_per_node if p.rollout in cfg.placement.pools else 0
     if rollout_size and (tp < 1 or per_node % tp):
         problems.append(f"rollout.tensor_parallel_size: {tp} must divide the rollout pool's {per_node} devices per "

@@ -418,8 +418,12 @@ def test_quickstart_runs_on_cpu() -> None:
 
 def test_tensor_parallel_engines_fit_on_one_node() -> None:
     gen = ["placement.pools.gen.device=gpu", "placement.pools.gen.nodes=2", "placement.rollout=gen"]
-    problem = only_problem(BASE + gen + ["placement.pools.gen.devices_per_node=2", "rollout.tensor_parallel_size=4"])
+    problem = only_problem(BASE + gen + ["placement.pools.gen.devices_per_node=2", "rollout.tensor_parallel_size=4",
+                                         "rollout.engine=vllm"])
     assert problem == ("rollout.tensor_parallel_size: 4 must divide the rollout pool's 2 devices per node "
                        "(an engine's devices sit on one node)")
-    cfg = load_config(None, BASE + gen + ["placement.pools.gen.devices_per_node=8", "rollout.tensor_parallel_size=4"])
+    problem = only_problem(BASE + gen + ["placement.pools.gen.devices_per_node=8", "rollout.tensor_parallel_size=4"])
+    assert problem.startswith("rollout.tensor_parallel_size: 4 needs rollout.engine=vllm")
+    cfg = load_config(None, BASE + gen + ["placement.pools.gen.devices_per_node=8", "rollout.tensor_parallel_size=4",
+                                          "rollout.engine=vllm"])
     assert cfg.rollout.tensor_parallel_size == 4
