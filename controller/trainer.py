@@ -52,7 +52,9 @@ class Trainer:
         self.sampler: CurriculumSource | None = None
         self.manifest: list | None = None
         self.colocated = colocated(cfg)      # actor and rollout share devices (see `generate`)
-        self.weights_stale = True            # the actor has changed since the engines last received weights
+        # The actor has changed since the engines last received its weights: true at start, so the engines
+        # get the actor's weights (resumed or not) before they first generate.
+        self.weights_stale = True
 
     # ---- setup -------------------------------------------------------------------------------------
     def _build(self) -> tuple[int, str | None]:
@@ -69,7 +71,6 @@ class Trainer:
         self.roles = build_roles(self.cfg, self.placement)
         self.manifest = self.roles.actor.weight_manifest(self.cfg.model.dtype)
         start, run_id = self._maybe_resume()
-        self.weights_stale = True   # rollout engines get the actor's weights (resumed or not) before generating
         return start, run_id
 
     def _maybe_resume(self) -> tuple[int, str | None]:

@@ -23,7 +23,6 @@ class ActorWorker(PolicyWorker):
         self.loss = loss
         self.sync: SyncGroup | None = None
         self.offloaded = False
-        self.events: list[str] = []
 
     def update(self, batch: TrainBatch, *, temperature: float, kl_coef: float, mini_batches: int,
                ppo_epochs: int) -> dict[str, float]:
@@ -84,22 +83,17 @@ class ActorWorker(PolicyWorker):
 
     def onload(self) -> None:
         """Bring weights and optimizer state back to the device (colocated); a no-op when already there."""
-        self.events.append("onload")
+        self._record("onload")
         if self.offloaded:
             self.engine.onload()
             self.offloaded = False
 
     def offload(self) -> None:
         """Free the device for the rollout engines on the same devices (colocated)."""
-        self.events.append("offload")
+        self._record("offload")
         if not self.offloaded:
             self.engine.offload()
             self.offloaded = True
-
-    def lifecycle(self) -> list[str]:
-        """The onload/offload calls received, oldest first (the last 256)."""
-        self.events = self.events[-256:]
-        return list(self.events)
 
     def save(self, path: str) -> None:
         target = Path(path)

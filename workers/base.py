@@ -45,6 +45,9 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
+LIFECYCLE_KEEP = 256     # most recent lifecycle events a worker keeps
+
+
 class Worker:
     """Base of all role workers. Subclasses build their engines in `setup`, after the rendezvous."""
 
@@ -53,6 +56,15 @@ class Worker:
         self.rank = rank
         self.world_size = world_size
         self.device = pick_device()
+        self.events: list[str] = []
+
+    def _record(self, event: str) -> None:
+        self.events = (self.events + [event])[-LIFECYCLE_KEEP:]
+
+    def lifecycle(self) -> list[str]:
+        """The most recent colocation-cycle calls this worker received (setup, sleep/wake, onload/offload,
+        ...), oldest first; the controller's order of them is checked against this."""
+        return list(self.events)
 
     def ping(self) -> str:
         return f"{self.role}:{self.rank}"

@@ -18,9 +18,6 @@ from r1ray.workers.engines import RolloutEngine, RolloutSpec, build_rollout_engi
 from r1ray.workers.engines.base import FingerprintTable
 from r1ray.workers.weight_sync import Manifest, SyncGroupSpec
 
-LIFECYCLE_KEEP = 256     # most recent lifecycle events kept
-
-
 class RolloutWorker(Worker):
     def __init__(self, role: str, rank: int, world_size: int, spec: RolloutSpec,
                  bundle_indices: Sequence[int] = ()):
@@ -28,7 +25,6 @@ class RolloutWorker(Worker):
         self.spec = spec
         self.bundle_indices = list(bundle_indices)
         self.engine: RolloutEngine | None = None
-        self.events: list[str] = []
 
     def setup(self) -> None:
         if self.spec.tensor_parallel_size > 1 and self.bundle_indices:
@@ -36,9 +32,6 @@ class RolloutWorker(Worker):
             os.environ["VLLM_RAY_BUNDLE_INDICES"] = ",".join(str(i) for i in self.bundle_indices)
         self.engine = build_rollout_engine(self.spec, self.device)
         self._record("setup")
-
-    def _record(self, event: str) -> None:
-        self.events = (self.events + [event])[-LIFECYCLE_KEEP:]
 
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
         self._record("generate")
@@ -60,10 +53,6 @@ class RolloutWorker(Worker):
     def wake(self, tags: Sequence[str]) -> None:
         self._record("wake:" + "+".join(tags))
         self.engine.wake(tags)
-
-    def lifecycle(self) -> list[str]:
-        """The most recent setup/generate/receive_weights/sleep/wake calls, oldest first."""
-        return list(self.events)
 
     def shutdown(self) -> None:
         if self.engine is not None:

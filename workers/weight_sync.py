@@ -118,8 +118,9 @@ class SyncGroup:
                                   f"{spec.master_addr}:{spec.master_port} within {spec.timeout_s:g}s: {exc}") from exc
         self._store = store
 
-    def _bucket(self, flat: Tensor) -> Tensor:
-        """Rank 0 passes its bucket, receivers an empty one of the same size; all return the sent data."""
+    def _bucket(self, flat: Tensor | None) -> Tensor:
+        """Rank 0 passes its bucket, receivers an empty one of the same size (None with "ipc", where the
+        copy is made from the shared bucket); all return the sent data."""
         if self.pg is None:
             return self._share(flat)
         opts = dist.BroadcastOptions()
@@ -131,13 +132,13 @@ class SyncGroup:
                                   f"{self.spec.timeout_s:g}s: {exc}") from exc
         return flat
 
-    def _share(self, flat: Tensor) -> Tensor:
+    def _share(self, flat: Tensor | None) -> Tensor:
         """"ipc": the sender publishes the bucket's handle and waits for every receiver's copy."""
         key = f"bucket/{self.exchanged}"
         self.exchanged += 1
         try:
             if self.rank != 0:
-                received = pickle.loads(self.store.get(key)).to(flat.device).clone()
+                received = pickle.loads(self.store.get(key)).to(self.device).clone()
                 self.store.add(key + "/acks", 1)
                 return received
             if flat.device.type == "cpu":
@@ -182,7 +183,8 @@ class SyncGroup:
         for bucket in bucket_plan(manifest, self.spec.bucket_bytes):
             dtype = DTYPES[manifest[bucket[0]][2]]
             numels = [_numel(manifest[i][1]) for i in bucket]
-            flat = self._bucket(torch.empty(sum(numels), dtype=dtype, device=self.device))
+            empty = torch.empty(sum(numels), dtype=dtype, device=self.device) if self.pg is not None else None
+            flat = self._bucket(empty)
             for i, piece in zip(bucket, torch.split(flat, numels)):
                 name, shape, _ = manifest[i]
                 tensor = piece.view(tuple(shape))

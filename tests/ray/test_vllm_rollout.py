@@ -132,7 +132,7 @@ def _prompts(ids: list[list[int]]) -> PromptBatch:
 def _hf_greedy(cfg, weights: dict, prompts: PromptBatch, max_new_tokens: int) -> list[list[int]]:
     """Greedy responses of a Hugging Face model holding `weights`, in this process."""
     engine = HFRolloutEngine(rollout_spec(cfg), torch.device("cpu"))
-    engine.model.load_state_dict(weights, strict=False)
+    engine.model.load_state_dict(weights)
     batch = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
     return _responses(batch)
 

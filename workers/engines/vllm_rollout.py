@@ -31,7 +31,6 @@ from r1ray.workers.fingerprint import WeightSyncError
 logger = logging.getLogger(__name__)
 
 EXTENSION = "r1ray.workers.engines.vllm_transfer.R1RayWorkerExtension"
-BACKEND = "r1ray"   # vllm_transfer.BACKEND; not imported here, that module imports vLLM internals
 
 
 def cpu_binding(tp: int) -> str:
@@ -49,6 +48,8 @@ def cpu_binding(tp: int) -> str:
 class VLLMRolloutEngine:
     def __init__(self, spec: RolloutSpec, device: torch.device):
         from vllm import LLM
+
+        from r1ray.workers.engines.vllm_transfer import BACKEND
 
         self.spec = spec
         self.on_gpu = spec.device == "gpu"
