@@ -56,14 +56,15 @@ def shaped_scores(scores: Tensor, rollout: RolloutBatch, algo: AlgorithmConfig, 
     return scores + penalty
 
 
-def build_train_batch(rollout: RolloutBatch, scores: Tensor, algo: AlgorithmConfig, *, kl_coef: float,
-                      ref_logprobs: Tensor | None, old_logprobs: Tensor | None) -> TrainBatch:
-    """Advantages from (B,) scores, broadcast over response tokens; the rest of the loss inputs beside them.
+def build_train_batch(rollout: RolloutBatch, scores: Tensor, algo: AlgorithmConfig, *, kl_coef: float) -> TrainBatch:
+    """Advantages from (B,) (shaped) scores, broadcast over response tokens; the rest of the loss inputs
+    (the rollout's reference and old logprobs) beside them.
 
     With `kl_placement: reward` the sequence's summed k-estimator KL (sampling policy vs reference) is
     subtracted from its score before the advantages, instead of entering the loss.
     """
     mask = rollout.response_mask()                                         # (B, R)
+    ref_logprobs, old_logprobs = rollout.ref_logprobs, rollout.old_logprobs
     if algo.overlong_mask:
         mask = overlong_loss_mask(mask, rollout.truncated)
     if algo.kl_placement == "reward" and ref_logprobs is not None:

@@ -52,6 +52,7 @@ def engine_spec(cfg: R1RayConfig, total_optimizer_steps: int) -> EngineSpec:
         trust_remote_code=m.trust_remote_code, lr=a.lr, weight_decay=a.weight_decay, betas=tuple(a.betas),
         warmup_steps=a.warmup_steps, lr_schedule=a.lr_schedule, min_lr_ratio=a.min_lr_ratio,
         total_optimizer_steps=total_optimizer_steps, micro_batch_tokens=a.micro_batch_tokens,
+        padding_free=a.padding_free,
         grad_clip=a.grad_clip, gradient_checkpointing=a.gradient_checkpointing, zero_stage=a.zero_stage,
         cpu_offload=a.cpu_offload, seed=cfg.trainer.seed)
 
@@ -92,6 +93,14 @@ def build_reward_group(cfg: R1RayConfig, slots: list) -> RewardGroup:
                        collective_timeout_s=cfg.trainer.collective_timeout_s)
 
 
+def uses_reference(cfg: R1RayConfig) -> bool:
+    """A reference model is built (and its logprob pass run) only when KL can be non-zero at some step."""
+    a = cfg.algorithm
+    if a.kl_placement == "none":
+        return False
+    return a.kl_coef > 0 or (a.kl_schedule != "constant" and a.kl_coef_final > 0)
+
+
 def colocated(cfg: R1RayConfig) -> bool:
     """Actor and rollout share devices: the step runs the wake / sync / generate / sleep cycle."""
     return cfg.placement.rollout == cfg.placement.actor
@@ -99,7 +108,9 @@ def colocated(cfg: R1RayConfig) -> bool:
 
 def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
     """Reserve resources, start every group, build engines, and connect the weight-sync group."""
-    use_ref = cfg.algorithm.kl_placement != "none"
+    use_ref = uses_reference(cfg)
+    if not use_ref and cfg.algorithm.kl_placement != "none":
+        logger.info("algorithm.kl_coef is 0 at every step: no reference model, no reference pass")
     wanted = ["actor", "rollout", "reward"] + (["ref"] if use_ref else [])
     slots = placement.only(wanted).create(cfg.trainer.startup_timeout_s)
     t = cfg.trainer

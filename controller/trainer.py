@@ -9,22 +9,22 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import ray
 import torch
 
 from r1ray.algos import kl_coef_schedule
 from r1ray.config import R1RayConfig
-from r1ray.config_load import config_to_dict, config_to_yaml
+from r1ray.config_load import config_to_dict
 from r1ray.data.curriculum import CurriculumRule, CurriculumSource
-from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, concat_batches, select_rows
+from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch, concat_batches
 from r1ray.evaluation import behaviour_rates
 from r1ray.rewards import ScoreBatch
 from r1ray.workers.placement import Placement
 from r1ray.workers.fingerprint import WeightSyncError, verify_fingerprints
 
-from r1ray.controller.advantage import build_train_batch, logprob_view, scores_tensor, select_groups, shaped_scores
+from r1ray.controller.advantage import (build_train_batch, keep_rows, logprob_view, scores_tensor, select_groups,
+                                        shaped_scores)
 from r1ray.controller.checkpoint import CheckpointManager, TrainerState, read_checkpoint, restore_rng
 from r1ray.controller.evaluate import evaluate_dataset, training_eval_sampling
 from r1ray.controller.inference import correct_flags
@@ -37,6 +37,8 @@ from r1ray.controller.tracking import Trackers
 from r1ray.controller.redact import redact
 
 logger = logging.getLogger(__name__)
+
+DYNAMIC_SAMPLING_ROUNDS = 3      # generations per step at most, to find enough groups with reward spread
 
 
 class Trainer:
@@ -112,79 +114,73 @@ class Trainer:
         return last
 
     def step(self, step: int) -> dict[str, float]:
-        """One GRPO step; every arrow of DESIGN §3 is one visible group call.
+        """One GRPO step, top to bottom: generate -> score -> keep groups -> reference and old logprobs ->
+        advantages -> update. The new weights reach the engines at the start of the next generation.
 
-        Colocated (actor and rollout on the same devices), each generation runs the cycle of `generate`
-        (rollout wakes its weights, receives the sync, wakes its KV cache, generates, sleeps), and the
-        actor's engine is onloaded for its passes and offloaded after the update.
+        The scored rollout is one `RolloutBatch`: scores and logprobs are its fields, so selecting and
+        concatenating groups carries them along. Without dynamic sampling the logprob passes run while
+        the reward workers score; with it, only the groups that train get logprob passes. Colocated, each
+        generation runs the cycle of `generate` and the actor is onloaded only for its own passes.
         """
-        cfg, roles, timer = self.cfg, self.roles, StageTimer()
+        cfg, timer, metrics = self.cfg, StageTimer(), {}
         budget = response_budget(cfg.rollout, step)
         kl_coef = kl_coef_schedule(cfg.algorithm.kl_schedule, cfg.algorithm.kl_coef, cfg.algorithm.kl_coef_final,
                                    step - 1, cfg.trainer.total_steps)
-        rollout, scores, ref_lp, old_lp, metrics = self._collect(step, budget, timer)
+        filtering = cfg.algorithm.dynamic_sampling
+        wanted = cfg.data.prompts_per_step * cfg.rollout.n
+        kept: list[RolloutBatch] = []
+        for round_index in range(DYNAMIC_SAMPLING_ROUNDS if filtering else 1):
+            rollout = self.generate(prompt_batch(self.sampler.next_batch()), self._sampling(step, budget, round_index),
+                                    timer)
+            with timer("reward_ref_logprobs"):
+                pending = self.roles.reward.score_async(rollout)
+                if not filtering:
+                    rollout = self.with_logprobs(rollout)        # while the reward workers score
+                scored = self.roles.reward.gather_scores(pending)
+            rollout = replace(rollout, scores=scores_tensor(scored.scores))
+            if round_index == 0:
+                metrics.update(self._observe(step, scored))
+            chosen = select_groups(rollout.scores, cfg.rollout.n, dynamic_sampling=filtering, groups_unit=1)
+            metrics.setdefault("frac_reward_zero_std", chosen.frac_zero_std)
+            if chosen.rows:
+                kept.append(keep_rows(rollout, chosen.rows))
+            if sum(map(len, kept)) >= wanted:
+                break
+        metrics["dynamic_sampling/rounds"] = float(round_index + 1)
+        rollout = whole_units(kept, wanted, groups_unit(cfg, self.placement) * cfg.rollout.n)
         if rollout is None:
             logger.warning("step %d: every group had zero reward spread; no update", step)
             return {**metrics, **timer.metrics()}
-        if old_lp is not None:
-            metrics["rollout/old_logprob_gap"] = sampler_gap(rollout, old_lp)
+        if filtering:
+            with timer("ref_logprobs"):
+                rollout = self.with_logprobs(rollout)            # the kept groups only
+        if rollout.old_logprobs is not None:
+            metrics["rollout/old_logprob_gap"] = sampler_gap(rollout)
         with timer("advantage"):
-            shaped = shaped_scores(scores, rollout, cfg.algorithm, budget)
-            batch = build_train_batch(rollout, shaped, cfg.algorithm, kl_coef=kl_coef, ref_logprobs=ref_lp,
-                                      old_logprobs=old_lp)
+            scores = shaped_scores(rollout.scores, rollout, cfg.algorithm, budget)
+            batch = build_train_batch(rollout, scores, cfg.algorithm, kl_coef=kl_coef)
         with timer("update_actor"):
-            if self.colocated:
-                roles.actor.onload()
-            refs = roles.actor.update_async(batch, temperature=cfg.rollout.temperature, kl_coef=kl_coef,
-                                            mini_batches=cfg.algorithm.mini_batches, ppo_epochs=cfg.algorithm.ppo_epochs)
-            metrics.update(mean_over_ranks(ray.get(refs)))
-            if self.colocated:
-                roles.actor.offload()
-            self.weights_stale = True
+            metrics.update(self.update(batch, kl_coef))
         metrics.update({"actor/kl_coef": kl_coef, **rollout_metrics(rollout, budget),
                         **behaviour_rates(rollout.response_texts, cfg.eval.behaviour_words), **timer.metrics()})
         metrics.update(throughput(rollout, metrics["timing_s/step"], self.placement.pools[self.placement.roles["actor"]].size))
         return metrics
 
-    def _collect(self, step: int, budget: int, timer: StageTimer):
-        """Generate, score and (when needed) compute ref/old logprobs; with dynamic sampling, repeat until
-        enough groups have reward spread. Returns (rollout, scores, ref_lp, old_lp, metrics)."""
-        cfg = self.cfg
-        unit = groups_unit(cfg, self.placement)
-        wanted = cfg.data.prompts_per_step
-        rounds = 3 if cfg.algorithm.dynamic_sampling else 1
-        kept: list[tuple[RolloutBatch, torch.Tensor, Any, Any]] = []
-        metrics: dict[str, float] = {}
-        for round_index in range(rounds):
-            prompts = prompt_batch(self.sampler.next_batch())
-            sampling = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                      top_k=cfg.rollout.top_k, max_new_tokens=budget,
-                                      seed=cfg.trainer.seed * 1_000_003 + step * 16 + round_index)
-            rollout = self.generate(prompts, sampling, timer)
-            with timer("reward_ref_logprobs"):
-                scored, ref_lp, old_lp = self._score_and_logprobs(rollout)
-            if round_index == 0:
-                metrics.update(scored.metrics())
-                accuracy = sum(correct_flags(cfg, scored)) / max(len(scored.results), 1)
-                metrics.update({"train/accuracy": accuracy, **self.sampler.metrics()})
-                self.sampler.observe(step, accuracy)
-            scores = scores_tensor(scored.scores)
-            chosen = select_groups(scores, cfg.rollout.n, dynamic_sampling=cfg.algorithm.dynamic_sampling,
-                                   groups_unit=1)
-            metrics.setdefault("frac_reward_zero_std", chosen.frac_zero_std)
-            if chosen.rows:
-                kept.append(_take(rollout, scores, ref_lp, old_lp, chosen.rows))
-            if sum(len(k[0]) for k in kept) >= wanted * cfg.rollout.n:
-                break
-        metrics["dynamic_sampling/rounds"] = float(round_index + 1)
-        if not kept:
-            return None, None, None, None, metrics
-        return (*_merge(kept, wanted * cfg.rollout.n, unit * cfg.rollout.n), metrics)
+    def _sampling(self, step: int, budget: int, round_index: int) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=budget,
+                              seed=self.cfg.trainer.seed * 1_000_003 + step * 16 + round_index)
 
-    def _score_and_logprobs(self, rollout: RolloutBatch) -> tuple[ScoreBatch, Any, Any]:
-        """Reward scoring, reference logprobs and (off-policy updates only) old logprobs, all at once."""
+    def _observe(self, step: int, scored: ScoreBatch) -> dict[str, float]:
+        """Reward metrics of the step's first round; the curriculum sees its accuracy."""
+        accuracy = sum(correct_flags(self.cfg, scored)) / max(len(scored.results), 1)
+        self.sampler.observe(step, accuracy)
+        return {**scored.metrics(), "train/accuracy": accuracy, **self.sampler.metrics()}
+
+    def with_logprobs(self, rollout: RolloutBatch) -> RolloutBatch:
+        """The rollout with the reference's logprobs (KL on) and the actor's old logprobs (off-policy updates
+        only: on-policy, the update's own first forward gives them)."""
         cfg, roles = self.cfg, self.roles
-        score_refs = roles.reward.score_async(rollout)
         view = logprob_view(rollout)
         temp = cfg.rollout.temperature
         ref_refs = roles.ref.compute_logprobs_async(view, temp) if roles.ref else None
@@ -196,11 +192,23 @@ class Trainer:
         if cfg.algorithm.ppo_epochs > 1 or cfg.algorithm.mini_batches > 1:
             if self.colocated:
                 roles.actor.onload()
-            old_refs = roles.actor.compute_logprobs_async(view, temp)
-            old_lp = torch.cat(ray.get(old_refs))
+            old_lp = torch.cat(ray.get(roles.actor.compute_logprobs_async(view, temp)))
         if ref_refs and ref_lp is None:
             ref_lp = torch.cat(ray.get(ref_refs))
-        return roles.reward.gather_scores(score_refs), ref_lp, old_lp
+        return replace(rollout, ref_logprobs=ref_lp, old_logprobs=old_lp)
+
+    def update(self, batch: TrainBatch, kl_coef: float) -> dict[str, float]:
+        """The actor's optimizer steps on the batch; the engines' weights are stale afterwards."""
+        a, roles = self.cfg.algorithm, self.roles
+        if self.colocated:
+            roles.actor.onload()
+        refs = roles.actor.update_async(batch, temperature=self.cfg.rollout.temperature, kl_coef=kl_coef,
+                                        mini_batches=a.mini_batches, ppo_epochs=a.ppo_epochs)
+        metrics = mean_over_ranks(ray.get(refs))
+        if self.colocated:
+            roles.actor.offload()
+        self.weights_stale = True
+        return metrics
 
     def generate(self, prompts: PromptBatch, sampling: SamplingParams, timer: StageTimer | None = None) -> RolloutBatch:
         """Generate with the actor's current weights. Colocated, the cycle is: wake weights -> sync ->
@@ -252,12 +260,12 @@ class Trainer:
             config_yaml=config_to_yaml_redacted(self.cfg))
 
 
-def sampler_gap(rollout: RolloutBatch, old_lp: torch.Tensor) -> float:
+def sampler_gap(rollout: RolloutBatch) -> float:
     """Mean |trainer - sampler| logprob over response tokens, both of the same weights (before any update
     of the step): kernel and precision drift only, or a sync that did not land."""
     mask = rollout.response_mask()
     width = mask.shape[1]
-    gap = (old_lp[:, :width] - rollout.rollout_logprobs).abs() * mask
+    gap = (rollout.old_logprobs[:, :width] - rollout.rollout_logprobs).abs() * mask
     return float(gap.sum() / mask.sum().clamp(min=1))
 
 
@@ -277,23 +285,11 @@ def config_to_yaml_redacted(cfg: R1RayConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(redact(config_to_dict(cfg))))
 
 
-def _take(rollout: RolloutBatch, scores, ref_lp, old_lp, rows: list[int]):
-    index = torch.tensor(rows)
-    return (select_rows(rollout, rows), scores[index], None if ref_lp is None else ref_lp[index],
-            None if old_lp is None else old_lp[index])
-
-
-def _merge(kept, wanted_rows: int, unit_rows: int):
-    """Concatenate kept chunks and trim to `wanted_rows`, or to whole units when fewer were found."""
-    width = max(k[0].rollout_logprobs.shape[1] for k in kept)
-    rollout = concat_batches([k[0] for k in kept])
-    scores = torch.cat([k[1] for k in kept])
-    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
-    ref = torch.cat([pad(k[2]) for k in kept]) if kept[0][2] is not None else None
-    old = torch.cat([pad(k[3]) for k in kept]) if kept[0][3] is not None else None
-    rows = min(len(rollout), wanted_rows)
-    rows = rows // unit_rows * unit_rows
-    if rows == len(rollout):
-        return rollout, scores, ref, old
-    keep = list(range(rows))
-    return _take(rollout, scores, ref, old, keep) if rows else (None, None, None, None)
+def whole_units(kept: list[RolloutBatch], wanted_rows: int, unit_rows: int) -> RolloutBatch | None:
+    """The kept groups concatenated, cut to `wanted_rows`, or to whole units (groups that divide evenly over
+    ranks x mini-batches) when fewer were found; None when not one unit is left."""
+    if not kept:
+        return None
+    rollout = concat_batches(kept) if len(kept) > 1 else kept[0]
+    rows = min(len(rollout), wanted_rows) // unit_rows * unit_rows
+    return keep_rows(rollout, list(range(rows))) if rows else None

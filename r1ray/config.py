@@ -138,7 +138,11 @@ class ActorConfig:
     warmup_steps: int = _f(0, "Linear learning-rate warm-up, in optimizer steps.")
     lr_schedule: str = _f("constant", "Learning rate after warm-up.", ("constant", "cosine"))
     min_lr_ratio: float = _f(0.0, "Cosine schedule floor as a fraction of lr.")
-    micro_batch_tokens: int = _f(8192, "Token budget of one forward/backward micro-batch (sequences are packed up to it).")
+    micro_batch_tokens: int = _f(8192, "Token budget of one forward/backward micro-batch, padding included.")
+    padding_free: str = _f("auto", "Micro-batch layout of actor and reference passes: 'on' packs sequences into one "
+                           "row, 'off' pads rows of similar length; 'auto' packs only with a variable-length "
+                           "attention kernel (flash_attention_2), since sdpa/eager attend over the whole packed row.",
+                           ("auto", "on", "off"))
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this; 0 disables clipping.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     zero_stage: int = _f(3, "DeepSpeed ZeRO stage (engine=deepspeed).")
@@ -170,6 +174,9 @@ class PlacementConfig:
     ref: str = _f("default", "Pool of the reference; the same pool as the actor colocates them.")
     rollout: str = _f("default", "Pool of the rollout engines (bundles / tensor_parallel_size engines).")
     reward: str = _f("default", "Pool of the reward workers (one worker per bundle).")
+    threads_per_worker: int = _f(0, "Torch/OpenMP threads of each worker; 0: on one node, its CPUs split among a "
+                                 "pool's workers (phases run one after another, so the active one uses them all); "
+                                 "on several nodes, a bundle's CPUs. Capped at the cores the process may use.")
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,9 @@ def _batch_rules(cfg: R1RayConfig) -> list[str]:
     if cfg.actor.micro_batch_tokens < cfg.rollout.max_prompt_length + cfg.rollout.max_response_length:
         problems.append(f"actor.micro_batch_tokens: {cfg.actor.micro_batch_tokens} cannot hold one full sequence "
                         f"({cfg.rollout.max_prompt_length + cfg.rollout.max_response_length} tokens); raise it")
+    if cfg.placement.threads_per_worker < 0:
+        problems.append(f"placement.threads_per_worker: {cfg.placement.threads_per_worker} is negative; "
+                        f"use 0 (automatic) or a thread count")
     return problems
 
 

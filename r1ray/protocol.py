@@ -114,6 +114,11 @@ class RolloutBatch:
     data_sources: list[str] = _row()          # B
     extra_infos: list[dict] = _row()          # B
     group_size: int = _const(default=1)       # n
+    # filled by the controller as the step goes (None until then), so that selecting and concatenating
+    # groups carries them along
+    scores: Tensor | None = _row(default=None)          # (B,) float32 total reward, NaN = unscorable
+    ref_logprobs: Tensor | None = _padded(default=None)  # (B, R) reference logprobs (KL on)
+    old_logprobs: Tensor | None = _padded(default=None)  # (B, R) actor logprobs before the update (off-policy)
 
     def __len__(self) -> int:
         return len(self.prompt_lens)

@@ -45,6 +45,15 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
+def cap_threads() -> None:
+    """Torch threads = OMP_NUM_THREADS (set from the placement), at most the cores this process may run
+    on: a one-node Ray cluster may declare more CPUs than the machine has, and more threads than cores
+    only adds contention."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    wanted = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or torch.get_num_threads()
+    torch.set_num_threads(max(1, min(wanted, cores)))
+
+
 LIFECYCLE_KEEP = 256     # most recent lifecycle events a worker keeps
 
 
@@ -57,6 +66,7 @@ class Worker:
         self.world_size = world_size
         self.device = pick_device()
         self.events: list[str] = []
+        cap_threads()
 
     def _record(self, event: str) -> None:
         self.events = (self.events + [event])[-LIFECYCLE_KEEP:]

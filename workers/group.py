@@ -45,7 +45,7 @@ class WorkerGroup:
         remote_cls = ray.remote(worker_cls)
         workers = []
         for slot, own_kwargs in zip(self.slots, per_rank):
-            threads = str(max(1, int(slot.num_cpus)))
+            threads = str(slot.threads)
             env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
                    **env_vars}
             options = {**slot.options(), "name": None, "runtime_env": {"env_vars": env}}

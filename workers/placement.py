@@ -63,6 +63,7 @@ class WorkerSlot:
     placement_group: Any = field(repr=False)
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    threads: int = 1               # torch/OpenMP threads of the worker (`Placement.threads_for`)
 
     def options(self) -> dict[str, Any]:
         """Ray actor options that pin the worker to its bundle."""
@@ -76,16 +77,34 @@ class WorkerSlot:
 class Placement:
     pools: Mapping[str, ResourcePool]
     roles: Mapping[str, str]       # role -> pool name
+    threads_per_worker: int = 0    # 0: `threads_for` decides
 
     @classmethod
     def from_config(cls, placement_cfg: Any) -> "Placement":
         pools = {name: ResourcePool(p.nodes, p.devices_per_node, p.device, p.cpus_per_bundle)
                  for name, p in placement_cfg.pools.items()}
-        return cls(pools=pools, roles={role: getattr(placement_cfg, role) for role in ROLES})
+        return cls(pools=pools, roles={role: getattr(placement_cfg, role) for role in ROLES},
+                   threads_per_worker=placement_cfg.threads_per_worker)
 
     def only(self, roles: list[str]) -> "Placement":
         """The same pools with just these roles (e.g. SFT needs only the actor)."""
-        return Placement(pools=self.pools, roles={r: p for r, p in self.roles.items() if r in roles})
+        return Placement(pools=self.pools, roles={r: p for r, p in self.roles.items() if r in roles},
+                         threads_per_worker=self.threads_per_worker)
+
+    def threads_for(self, pool: ResourcePool, single_node_cpus: float | None) -> int:
+        """Torch threads of each worker on `pool`.
+
+        The phases of a synchronous step run one after another (generate, then score and reference,
+        then update), so the phase that runs may use every core it can reach: on a one-node cluster,
+        the node's CPUs split among the pool's workers on it; on a multi-node cluster, a whole bundle's
+        CPUs (colocated roles take turns on it, so each may use all of it, not its fractional share).
+        The worker caps this at the cores its process may run on (`Worker.__init__`).
+        """
+        if self.threads_per_worker > 0:
+            return self.threads_per_worker
+        if single_node_cpus is not None:
+            return max(1, int(single_node_cpus // pool.devices_per_node))
+        return max(1, int(pool.cpus_per_bundle))
 
     def sharing(self, pool: str) -> list[str]:
         """Roles colocated on `pool`, in ROLES order."""
@@ -128,7 +147,9 @@ class Placement:
 
     def create(self, timeout_s: float) -> dict[str, list[WorkerSlot]]:
         """Reserve the placement groups and return the worker slots of every role."""
-        self.validate(ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        self.validate(ray.cluster_resources(), nodes)
+        single_node_cpus = float(nodes[0].get("CPU", 1.0)) if len(nodes) == 1 else None
         slots: dict[str, list[WorkerSlot]] = {role: [] for role in self.roles}
         for name in sorted(set(self.roles.values())):
             pool = self.pools[name]
@@ -139,12 +160,12 @@ class Placement:
                 raise PlacementError(f"pool '{name}': only {len(ready)} of {len(groups)} placement groups became "
                                      f"ready within {timeout_s:g}s; the cluster lacks {pool.bundle()} x "
                                      f"{pool.devices_per_node} on {pool.nodes} node(s)")
-            self._fill_slots(name, pool, groups, slots)
+            self._fill_slots(name, pool, groups, slots, self.threads_for(pool, single_node_cpus))
         log_rank_table(slots)
         return slots
 
     def _fill_slots(self, name: str, pool: ResourcePool, groups: list[PlacementGroup],
-                    slots: dict[str, list[WorkerSlot]]) -> None:
+                    slots: dict[str, list[WorkerSlot]], threads: int) -> None:
         roles = self.sharing(name)
         share = 1.0 / len(roles)
         for role in roles:
@@ -154,13 +175,13 @@ class Placement:
                         role=role, rank=len(slots[role]), pool=name, node_index=node_index,
                         bundle_index=bundle_index, placement_group=group,
                         num_cpus=pool.cpus_per_bundle * share,
-                        num_gpus=share if pool.device == "gpu" else 0.0))
+                        num_gpus=share if pool.device == "gpu" else 0.0, threads=threads))
 
 
 def log_rank_table(slots: Mapping[str, list[WorkerSlot]]) -> None:
-    lines = ["role     rank  pool        node  bundle  cpus   gpus"]
+    lines = ["role     rank  pool        node  bundle  cpus   gpus  threads"]
     for role, role_slots in slots.items():
         for s in role_slots:
             lines.append(f"{role:<8} {s.rank:>4}  {s.pool:<10} {s.node_index:>5} {s.bundle_index:>7}  "
-                         f"{s.num_cpus:<5.2f}  {s.num_gpus:.2f}")
+                         f"{s.num_cpus:<5.2f}  {s.num_gpus:.2f}  {s.threads:>7}")
     logger.info("worker placement:\n%s", "\n".join(lines))

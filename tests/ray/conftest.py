@@ -108,7 +108,7 @@ def _train_batch(cfg, rollout: RolloutBatch) -> TrainBatch:
     """GRPO advantages from a score with spread in every group: the sampler's own sequence logprob
     (a random tiny model earns no task reward, and zero advantages would make the update a no-op)."""
     scores = (rollout.rollout_logprobs * rollout.response_mask()).sum(-1)
-    return build_train_batch(rollout, scores, cfg.algorithm, kl_coef=0.0, ref_logprobs=None, old_logprobs=None)
+    return build_train_batch(rollout, scores, cfg.algorithm, kl_coef=0.0)
 
 
 @pytest.fixture(scope="session")

@@ -98,8 +98,8 @@ def test_build_train_batch_broadcasts_advantages_on_the_mask() -> None:
     ref = torch.full_like(batch.rollout_logprobs, -0.5)
     old = torch.full_like(batch.rollout_logprobs, -0.4)
     algo = AlgorithmConfig()                                      # grpo, kl in the loss
-    train = build_train_batch(batch, torch.tensor([1.0, 0.0, 0.5, 0.5]), algo, kl_coef=0.1,
-                              ref_logprobs=ref, old_logprobs=old)
+    train = build_train_batch(replace(batch, ref_logprobs=ref, old_logprobs=old), torch.tensor([1.0, 0.0, 0.5, 0.5]),
+                              algo, kl_coef=0.1)
     mask = batch.response_mask()
     assert torch.equal(train.response_mask, mask)
     # Group 0: scores 1 and 0 -> (+-0.5) / sample std sqrt(0.5) = +-1/sqrt(2); group 1: equal scores -> 0.
@@ -112,8 +112,7 @@ def test_build_train_batch_broadcasts_advantages_on_the_mask() -> None:
 
 def test_build_train_batch_nan_scores_get_zero_advantage() -> None:
     batch = rollout([2, 2, 2, 2], group_size=4)
-    train = build_train_batch(batch, scores_tensor([1.0, None, 0.0, 1.0]), AlgorithmConfig(),
-                              kl_coef=0.0, ref_logprobs=None, old_logprobs=None)
+    train = build_train_batch(batch, scores_tensor([1.0, None, 0.0, 1.0]), AlgorithmConfig(), kl_coef=0.0)
     assert not torch.isnan(train.advantages).any()
     assert torch.equal(train.advantages[1], torch.zeros(2))
     assert train.advantages[0, 0] > 0 > train.advantages[2, 0]
@@ -122,13 +121,11 @@ def test_build_train_batch_nan_scores_get_zero_advantage() -> None:
 def test_overlong_mask_zeroes_truncated_rows() -> None:
     batch = rollout([2, 4, 4, 1], group_size=2, truncated=[False, True, True, False])
     algo = replace(AlgorithmConfig(), overlong_mask=True)
-    train = build_train_batch(batch, torch.tensor([0.0, 1.0, 1.0, 0.0]), algo, kl_coef=0.0,
-                              ref_logprobs=None, old_logprobs=None)
+    train = build_train_batch(batch, torch.tensor([0.0, 1.0, 1.0, 0.0]), algo, kl_coef=0.0)
     assert train.response_mask.tolist() == [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]
     assert torch.equal(train.advantages[1], torch.zeros(4)) and torch.equal(train.advantages[2], torch.zeros(4))
     assert train.advantages[0, 0] != 0
-    unmasked = build_train_batch(batch, torch.tensor([0.0, 1.0, 1.0, 0.0]), AlgorithmConfig(), kl_coef=0.0,
-                                 ref_logprobs=None, old_logprobs=None)
+    unmasked = build_train_batch(batch, torch.tensor([0.0, 1.0, 1.0, 0.0]), AlgorithmConfig(), kl_coef=0.0)
     assert unmasked.response_mask[1].sum() == 4
 
 
@@ -138,17 +135,16 @@ def test_kl_in_reward_lowers_scores_and_keeps_ref_out_of_the_loss() -> None:
     ref[0, :2] = -1.5                                   # row 0 drifted from the reference on both tokens
     scores = torch.tensor([1.0, 1.0, 0.0, 0.0])
     algo = replace(AlgorithmConfig(), adv_estimator="drgrpo", kl_placement="reward", kl_kind="k1")
-    train = build_train_batch(batch, scores, algo, kl_coef=0.5, ref_logprobs=ref, old_logprobs=None)
+    train = build_train_batch(replace(batch, ref_logprobs=ref), scores, algo, kl_coef=0.5)
     # k1 per token = logp - ref = -0.5 - (-1.5) = 1 on 2 tokens -> score 1 - 0.5 * 2 = 0 vs 1 for row 1.
     # Dr. GRPO advantage = score - group mean: -0.5 and +0.5; group 1 has no KL and equal scores: 0.
     assert train.advantages[:, 0].tolist() == pytest.approx([-0.5, 0.5, 0.0, 0.0])
     assert train.ref_logprobs is None                    # KL is in the reward, not in the loss
-    off = build_train_batch(batch, scores, replace(algo, kl_placement="loss"), kl_coef=0.5, ref_logprobs=ref,
-                            old_logprobs=None)
+    off = build_train_batch(replace(batch, ref_logprobs=ref), scores, replace(algo, kl_placement="loss"), kl_coef=0.5)
     assert off.advantages[:, 0].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.0])
     assert off.ref_logprobs is ref
-    none = build_train_batch(batch, scores, replace(algo, kl_placement="none"), kl_coef=0.5, ref_logprobs=ref,
-                             old_logprobs=None)
+    none = build_train_batch(replace(batch, ref_logprobs=ref), scores, replace(algo, kl_placement="none"),
+                             kl_coef=0.5)
     assert none.ref_logprobs is None
 
 
@@ -157,8 +153,7 @@ def test_kl_in_reward_ignores_padding_and_masked_rows() -> None:
     ref = torch.full_like(batch.rollout_logprobs, -3.0)     # row 0 would carry KL, but it is truncated
     algo = replace(AlgorithmConfig(), adv_estimator="drgrpo", kl_placement="reward", kl_kind="k1",
                    overlong_mask=True)
-    train = build_train_batch(batch, torch.tensor([0.0, 0.0]), algo, kl_coef=1.0, ref_logprobs=ref,
-                              old_logprobs=None)
+    train = build_train_batch(replace(batch, ref_logprobs=ref), torch.tensor([0.0, 0.0]), algo, kl_coef=1.0)
     # Only row 1's token counts: k1 = 2.5 -> scores [0, -2.5] -> advantages [1.25, -1.25] (row 0 masked out).
     assert train.advantages.tolist() == [[0.0], [-1.25]]
 
@@ -470,3 +465,48 @@ def test_token_logprobs_and_entropy() -> None:
     # Greedy (temperature 0) scores with the raw logits.
     assert torch.allclose(token_logprobs(logits, targets, 0.0), token_logprobs(logits, targets, 1.0))
     assert token_logprobs(logits.to(torch.bfloat16), targets, 1.0).dtype == torch.float32
+
+
+# ---- threads, kept groups, the reference -------------------------------------------------------
+
+
+def test_threads_use_the_whole_node_on_one_box_and_a_bundle_on_a_cluster() -> None:
+    """Phases run one after another, so the active role may use every core its placement reaches."""
+    one_box = Placement(pools={"default": ResourcePool(devices_per_node=1, cpus_per_bundle=1.0)},
+                        roles={"actor": "default", "ref": "default", "rollout": "default", "reward": "default"})
+    pool = one_box.pools["default"]
+    assert one_box.threads_for(pool, single_node_cpus=2.0) == 2            # was 1 thread (0.25 CPU each)
+    two_ranks = ResourcePool(devices_per_node=2, cpus_per_bundle=0.25)
+    assert one_box.threads_for(two_ranks, single_node_cpus=16.0) == 8
+    assert one_box.threads_for(two_ranks, single_node_cpus=1.0) == 1
+    gpu = ResourcePool(nodes=2, devices_per_node=8, device="gpu", cpus_per_bundle=12)
+    assert one_box.threads_for(gpu, single_node_cpus=None) == 12
+    assert one_box.threads_for(ResourcePool(cpus_per_bundle=0.5), single_node_cpus=None) == 1
+    fixed = replace(one_box, threads_per_worker=3)
+    assert fixed.threads_for(pool, single_node_cpus=2.0) == 3 and fixed.only(["actor"]).threads_per_worker == 3
+
+
+def test_whole_units_trims_kept_groups_and_carries_their_fields() -> None:
+    from r1ray.controller.trainer import whole_units
+
+    first = replace(rollout([1, 2, 3, 4], 2), scores=torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    second = replace(rollout([5, 6], 2), scores=torch.tensor([1.0, 0.0]))
+    merged = whole_units([first, second], wanted_rows=8, unit_rows=4)
+    assert merged.response_lens.tolist() == [1, 2, 3, 4]              # 6 rows found: one whole unit of 4
+    assert merged.scores.tolist() == [0.0, 1.0, 0.0, 1.0]
+    merged = whole_units([first, second], wanted_rows=6, unit_rows=2)
+    assert merged.response_lens.tolist() == [1, 2, 3, 4, 5, 6] and merged.scores.tolist()[4:] == [1.0, 0.0]
+    assert merged.rollout_logprobs.shape == (6, 6)                     # widened to the widest chunk
+    assert whole_units([second], wanted_rows=8, unit_rows=4) is None and whole_units([], 8, 2) is None
+
+
+def test_no_reference_model_when_kl_is_zero_at_every_step() -> None:
+    from r1ray.controller.roles import uses_reference
+
+    cfg = R1RayConfig()
+    with_kl = lambda **kw: replace(cfg, algorithm=replace(cfg.algorithm, **kw))  # noqa: E731
+    assert uses_reference(with_kl(kl_placement="loss", kl_coef=0.04))
+    assert not uses_reference(with_kl(kl_placement="none", kl_coef=0.04))
+    assert not uses_reference(with_kl(kl_placement="loss", kl_coef=0.0))
+    assert uses_reference(with_kl(kl_placement="reward", kl_coef=0.0, kl_schedule="linear", kl_coef_final=0.01))
+    assert not uses_reference(with_kl(kl_placement="loss", kl_coef=0.0, kl_schedule="constant", kl_coef_final=0.01))

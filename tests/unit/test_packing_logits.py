@@ -10,7 +10,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from r1ray.protocol import pack
 from r1ray.workers.engines import packing
-from r1ray.workers.engines.packing import forward_response, pack_for_forward, token_entropy, token_logprobs
+from r1ray.workers.engines.packing import (forward_response, pack_for_forward, pad_for_forward, padded_chunks,
+                                          token_entropy, token_logprobs)
 
 K, V = 10, 37
 
@@ -155,3 +156,83 @@ def test_losses_tell_the_engine_whether_entropy_needs_grad() -> None:
     assert ActorLoss(settings(0.0), 1.0, 1).entropy_grad is False
     assert ActorLoss(settings(0.01), 1.0, 1).entropy_grad is True
     assert SFTLoss(1.0, 1).entropy_grad is False
+
+
+def _sequences():
+    seqs = [[1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15, 16, 17, 18, 19, 20], [21, 22, 23]]
+    prompt_lens = torch.tensor([3, 2, 4, 2])
+    tokens, cu = pack(seqs)
+    return seqs, tokens, cu, prompt_lens
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_padded_and_packed_layouts_give_the_same_logprobs_and_grads(attn: str) -> None:
+    """The two micro-batch layouts against each sequence run alone (no padding, no packing): equal
+    logprobs and parameter gradients, with prompts and responses of different lengths in one batch."""
+    config = Qwen2Config(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         tie_word_embeddings=True, attn_implementation=attn)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    seqs, tokens, cu, prompt_lens = _sequences()
+    width = 6
+    weights = torch.randn(len(seqs), width)
+
+    def run(inputs):
+        model.zero_grad()
+        logp, _ = forward_response(model, inputs, torch.device("cpu"), 0.7, with_entropy=False)
+        (logp * weights).sum().backward()
+        return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    packed_lp, packed_grads = run(pack_for_forward(tokens, cu, prompt_lens, width))
+    padded_lp, padded_grads = run(pad_for_forward(tokens, cu, prompt_lens, width))
+
+    model.zero_grad()
+    alone = torch.zeros(len(seqs), width)
+    for row, (seq, p) in enumerate(zip(seqs, prompt_lens.tolist())):
+        logits = model(input_ids=torch.tensor([seq]), use_cache=False).logits[0, p - 1:len(seq) - 1]
+        lp = torch.log_softmax(logits.float() / 0.7, -1).gather(-1, torch.tensor(seq[p:])[:, None]).squeeze(-1)
+        (lp * weights[row, :len(lp)]).sum().backward()
+        alone[row, :len(lp)] = lp.detach()
+    alone_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    for got, grads in ((packed_lp, packed_grads), (padded_lp, padded_grads)):
+        torch.testing.assert_close(got, alone, rtol=0, atol=1e-5)
+        for name in alone_grads:
+            torch.testing.assert_close(grads[name], alone_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_pad_for_forward_layout() -> None:
+    """Prompts end in column P - 1 for every row; the final response token is a target, not an input."""
+    _, tokens, cu, prompt_lens = _sequences()
+    inputs = pad_for_forward(tokens, cu, prompt_lens, width=6)
+    assert inputs.prompt_width == 4 and inputs.input_ids.shape == (4, 4 + 5 - 1)
+    assert inputs.input_ids[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 0]
+    assert inputs.attention_mask[0].tolist() == [0, 1, 1, 1, 1, 1, 1, 0]
+    assert inputs.position_ids[0].tolist()[1:7] == [0, 1, 2, 3, 4, 5]
+    assert inputs.input_ids[3].tolist() == [0, 0, 21, 22, 0, 0, 0, 0]
+    assert inputs.targets.tolist() == [4, 5, 6, 7, 10, 11, 16, 17, 18, 19, 20, 23]
+
+
+def test_padded_chunks_respect_the_padded_budget_and_group_similar_lengths() -> None:
+    gen = torch.Generator().manual_seed(0)
+    prompts = torch.randint(10, 14, (64,), generator=gen).tolist()
+    responses = torch.randint(1, 120, (64,), generator=gen).tolist()
+    budget = 1024
+    chunks = padded_chunks(prompts, responses, budget)
+    assert sorted(i for c in chunks for i in c) == list(range(64))
+    for chunk in chunks:
+        assert chunk == sorted(chunk)
+        cost = len(chunk) * (max(prompts[i] for i in chunk) + max(responses[i] for i in chunk))
+        assert cost <= budget or len(chunk) == 1
+    # Sorted by length, the padding is a small share of the padded tokens.
+    padded = sum(len(c) * (max(prompts[i] for i in c) + max(responses[i] for i in c)) for c in chunks)
+    assert sum(prompts) + sum(responses) > 0.8 * padded
+    assert padded_chunks([5], [500], 100) == [[0]]
+    assert padded_chunks([], [], 100) == []
+
+
+def test_use_packing_only_with_a_varlen_kernel() -> None:
+    assert packing.use_packing("auto", "flash_attention_2")
+    assert not packing.use_packing("auto", "sdpa") and not packing.use_packing("auto", "eager")
+    assert packing.use_packing("on", "sdpa") and not packing.use_packing("off", "flash_attention_2")

@@ -41,6 +41,7 @@ class EngineSpec:
     min_lr_ratio: float = 0.0
     total_optimizer_steps: int = 1
     micro_batch_tokens: int = 8192
+    padding_free: str = "auto"              # micro-batch layout: "auto" packs only with a varlen kernel
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
     zero_stage: int = 3

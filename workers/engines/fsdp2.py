@@ -24,7 +24,8 @@ from torch.distributed.tensor import DTensor
 
 from r1ray.protocol import TrainBatch, select_rows
 from r1ray.workers.engines.base import EngineSpec, LossFn
-from r1ray.workers.engines.packing import balanced_chunks, forward_response, pack_for_forward
+from r1ray.workers.engines.packing import (balanced_chunks, forward_response, pack_for_forward, pad_for_forward,
+                                          padded_chunks, use_packing)
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class FSDP2Engine:
         self.spec = spec
         self.device = device
         self.model = self._build_model()
+        self.packing = use_packing(spec.padding_free, spec.attn_implementation)
         self.optimizer = self._build_optimizer() if spec.trainable else None
         self.scheduler = self._build_scheduler() if self.optimizer else None
 
@@ -112,12 +114,26 @@ class FSDP2Engine:
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def _micro_batches(self, batch: TrainBatch) -> list[tuple[list[int], TrainBatch | None]]:
-        """(row indices, micro-batch or None when this rank's share of the agreed count is empty)."""
+        """(row indices, micro-batch or None when this rank's share of the agreed count is empty).
+
+        Packed: k micro-batches of near-equal token counts. Padded: similar-length rows whose padded size
+        fits the budget; a rank that needs fewer than the agreed count runs dummy passes for the rest.
+        """
+        budget = self.spec.micro_batch_tokens
         lengths = batch.seq_lens.tolist()
-        need = torch.tensor([max(1, math.ceil(sum(lengths) / self.spec.micro_batch_tokens))], dtype=torch.int64)
+        if self.packing:
+            chunks: list[list[int]] = []
+            local = max(1, math.ceil(sum(lengths) / budget))
+        else:
+            prompts = batch.prompt_lens.tolist()
+            chunks = padded_chunks(prompts, [n - p for n, p in zip(lengths, prompts)], budget)
+            local = max(1, len(chunks))
+        need = torch.tensor([local], dtype=torch.int64)
         if dist.is_initialized():
             dist.all_reduce(need, op=dist.ReduceOp.MAX)
-        chunks = balanced_chunks(lengths, int(need))
+        if self.packing:
+            chunks = balanced_chunks(lengths, int(need))
+        chunks += [[] for _ in range(int(need) - len(chunks))]
         return [(rows, select_rows(batch, rows) if rows else None) for rows in chunks]
 
     def _forward(self, micro: TrainBatch | None, temperature: float, with_entropy: bool,
@@ -127,8 +143,9 @@ class FSDP2Engine:
             # A rank with fewer rows than the agreed micro-batch count still joins the collectives.
             out = self.model(input_ids=torch.zeros(1, 1, dtype=torch.int64, device=self.device), use_cache=False)
             return None, None, out.logits.sum() * 0.0
-        packed = pack_for_forward(micro.tokens, micro.cu_seqlens, micro.prompt_lens, micro.response_mask.shape[1])
-        logp, ent = forward_response(self.model, packed, self.device, temperature, with_entropy, entropy_grad)
+        layout = pack_for_forward if self.packing else pad_for_forward
+        inputs = layout(micro.tokens, micro.cu_seqlens, micro.prompt_lens, micro.response_mask.shape[1])
+        logp, ent = forward_response(self.model, inputs, self.device, temperature, with_entropy, entropy_grad)
         return logp, ent, None
 
     @torch.no_grad()
