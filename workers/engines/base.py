@@ -1,7 +1,7 @@
 """The two engine protocols (DESIGN §4). Workers are written once against these; backends implement them.
 
 TrainEngine  — FSDP2 (`fsdp2.py`): actor and reference.
-RolloutEngine — Hugging Face generate (`hf_rollout.py`) and vLLM (`vllm_rollout.py`): rollout, both
+RolloutEngine — Hugging Face decode loop (`hf_rollout.py`) and vLLM (`vllm_rollout.py`): rollout, both
 built from one `RolloutSpec` and implementing the whole protocol (generation, the receiving end of the
 weight sync, sleep/wake for colocation, cache reset).
 """
@@ -62,7 +62,7 @@ class RolloutSpec:
                                             # worker holds no GPU: its TP workers do)
     trust_remote_code: bool = False
     attn_implementation: str = "sdpa"       # hf
-    generate_batch_size: int = 64           # hf: sequences per generate call
+    generate_batch_size: int = 256          # hf: sequences sampled together (one KV cache)
     tensor_parallel_size: int = 1           # vllm: devices (worker processes) per engine
     gpu_memory_utilization: float = 0.5     # vllm on GPU: share of the device for weights + KV cache
     sleep_level: int = 0                    # vllm on GPU: 0 never sleeps, 1 offloads weights, 2 discards them

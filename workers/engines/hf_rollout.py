@@ -1,8 +1,9 @@
-"""RolloutEngine on Hugging Face `generate`: the CPU default (tests, quickstart) and a simple GPU path.
+"""RolloutEngine on a Hugging Face model: the CPU default (tests, quickstart) and a simple GPU path.
 
-Prompts are repeated n times so that a group's samples are adjacent rows, left-padded per generate call,
-and sampled with the model's raw logits scaled by the temperature; the logprob of each sampled token
-under that same distribution is kept as the rollout logprob (the actor recomputes it; the gap is logged).
+Rows are cut into chunks of at most `generate_batch_size` sequences, whole groups where they fit; each chunk
+prefills its distinct prompts once and samples them with `hf_decode.decode_chunk`, so a group's samples are
+adjacent rows. The logprob of each sampled token under the temperature-scaled distribution is kept as the
+rollout logprob (the actor recomputes it; the gap is logged).
 The engine receives the weight sync itself (it lives in the rollout worker's process) and fingerprints
 the weights it holds after loading, so a loader that drops or misplaces a tensor is caught.
 """
@@ -18,10 +19,30 @@ from torch import Tensor
 from r1ray.models import eos_ids, load_model_and_tokenizer
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, assemble_rollout, derive_seed
 from r1ray.workers.engines.base import FingerprintTable, RolloutSpec
+from r1ray.workers.engines.hf_decode import decode_chunk
 from r1ray.workers.fingerprint import Fingerprints
 from r1ray.workers.weight_sync import DTYPES, Manifest, SyncGroup, SyncGroupSpec
 
 logger = logging.getLogger(__name__)
+
+
+def plan_chunks(num_prompts: int, n: int, batch: int) -> list[tuple[int, list[tuple[int, int]]]]:
+    """Cut the num_prompts * n rows (n adjacent rows per prompt) into chunks of at most `batch` rows.
+
+    Returns (first row, [(prompt, rows of it in this chunk), ...]) per chunk. Chunks hold whole groups
+    (batch // n of them) so that a prompt is prefilled once; a group larger than `batch` is split over
+    several chunks, each of which prefills the prompt once.
+    """
+    chunks: list[tuple[int, list[tuple[int, int]]]] = []
+    if n <= batch:
+        per_chunk = batch // n
+        for first in range(0, num_prompts, per_chunk):
+            chunks.append((first * n, [(i, n) for i in range(first, min(first + per_chunk, num_prompts))]))
+        return chunks
+    for i in range(num_prompts):
+        for offset in range(0, n, batch):
+            chunks.append((i * n + offset, [(i, min(batch, n - offset))]))
+    return chunks
 
 
 class HFRolloutEngine:
@@ -37,47 +58,20 @@ class HFRolloutEngine:
 
     @torch.no_grad()
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
-        rows = [i for i in range(len(prompts)) for _ in range(sampling.n)]
         responses: list[list[int]] = []
         logprobs: list[Tensor] = []
         truncated: list[bool] = []
-        batch = self.spec.generate_batch_size
-        for start in range(0, len(rows), batch):
-            chunk = [prompts.prompt_ids[i] for i in rows[start:start + batch]]
-            # One generator draw per chunk: rows of a chunk get different noise, chunks their own seed.
-            torch.manual_seed(derive_seed(sampling.seed, start))
-            r, lp, tr = self._generate_chunk(chunk, sampling)
-            responses += r
-            logprobs += lp
-            truncated += tr
+        for start, groups in plan_chunks(len(prompts), sampling.n, self.spec.generate_batch_size):
+            # Each chunk draws from its own seeded generator, so a chunk's samples do not depend on the
+            # chunks before it; the rows of a chunk share the stream and so get different noise.
+            generator = torch.Generator(device=self.device).manual_seed(derive_seed(sampling.seed, start))
+            chunk = decode_chunk(self.model, [prompts.prompt_ids[i] for i, _ in groups], [c for _, c in groups],
+                                 sampling, self.eos_ids, self.tokenizer.pad_token_id, generator)
+            responses += chunk.responses
+            logprobs += chunk.logprobs
+            truncated += chunk.truncated
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
         return assemble_rollout(prompts, sampling.n, responses, logprobs, truncated, texts)
-
-    def _generate_chunk(self, chunk: list[list[int]],
-                        sampling: SamplingParams) -> tuple[list[list[int]], list[Tensor], list[bool]]:
-        pad = self.tokenizer.pad_token_id
-        width = max(len(p) for p in chunk)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
-        greedy = sampling.temperature <= 0
-        out = self.model.generate(
-            input_ids=input_ids, attention_mask=attention, max_new_tokens=sampling.max_new_tokens,
-            do_sample=not greedy, temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p, top_k=sampling.top_k if sampling.top_k > 0 else None,
-            eos_token_id=self.eos_ids, pad_token_id=pad, output_logits=True, return_dict_in_generate=True)
-        generated = out.sequences[:, width:].cpu()                        # (b, L)
-        logits = torch.stack(out.logits, dim=1).float().cpu()              # (b, L, V) raw logits
-        scaled = logits / (sampling.temperature if not greedy else 1.0)
-        token_lp = scaled.gather(-1, generated[..., None]).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
-        responses, logprobs, truncated = [], [], []
-        eos = torch.tensor(self.eos_ids)
-        for row, lp in zip(generated, token_lp):
-            hits = torch.isin(row, eos).nonzero()
-            end = int(hits[0]) + 1 if len(hits) else len(row)
-            responses.append(row[:end].tolist())
-            logprobs.append(lp[:end])
-            truncated.append(not len(hits))
-        return responses, logprobs, truncated
 
     # ---- weight sync ------------------------------------------------------------------------------
     def init_weight_sync(self, members: list[dict]) -> None:
