@@ -64,6 +64,13 @@ class Workload:
     template: str = "none"
     kl_coef: float = 0.04
     seed: int = 0
+    r1ray_overrides: tuple[str, ...] = ()   # extra dotted overrides for `r1ray train` (scaling runs)
+
+    @property
+    def max_positions(self) -> int:
+        """The tiny model's max_position_embeddings: 1024 (init_tiny's default) or what the lengths need."""
+        prompt = 512 if self.template == "r1_zero" else 256      # rollout.max_prompt_length
+        return max(1024, prompt + self.max_new_tokens)
 
 
 # ---------------------------------------------------------------------------------------------- pure helpers
@@ -242,7 +249,8 @@ def prepare(work: Path, wl: Workload) -> tuple[Path, Path]:
     from r1ray.models import build_tiny_model
 
     # r1ray's init_tiny defaults: heads 4, kv_heads 2, intermediate 4*hidden, 1024 positions, seed trainer.seed.
-    model = build_tiny_model(work / "model", hidden=wl.hidden, layers=wl.layers, seed=wl.seed)
+    model = build_tiny_model(work / "model", hidden=wl.hidden, layers=wl.layers, seed=wl.seed,
+                             max_position_embeddings=wl.max_positions)
     data = make_task("arithmetic", TRAIN_ROWS, work / "data" / "train.jsonl", seed=wl.seed, digits=2, operations="+")
     return model, data
 
@@ -274,7 +282,7 @@ def bench_r1ray(work: Path, model: Path, data: Path, wl: Workload, timeout_s: fl
 
     cfg_path = work / "r1ray.yaml"
     cfg_path.write_text(yaml.safe_dump(r1ray_config(work, model, data, wl), sort_keys=False))
-    cmd = [shutil.which("r1ray") or "r1ray", "train", "--config", str(cfg_path)]
+    cmd = [shutil.which("r1ray") or "r1ray", "train", "--config", str(cfg_path), *wl.r1ray_overrides]
     wall, memory = run_measured(cmd, _env(wl), work / "r1ray.log", timeout_s)
     result = summarise_r1ray(read_jsonl(work / "r1ray" / "metrics.jsonl"), wl.warmup, wl.n * wl.prompts)
     return {**result, **memory, "process_wall_s": wall}
@@ -414,6 +422,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--template", choices=["none", "r1_zero"], default=d.template,
                    help="prompt template (data.template); with r1_zero, r1ray gets rollout.max_prompt_length=512")
     p.add_argument("--only", choices=["r1ray", "trl", "both"], default="both")
+    p.add_argument("--r1ray-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra r1ray config override, repeatable (e.g. actor.gradient_checkpointing=true)")
     p.add_argument("--json", type=Path, help="write the results (and the workload) to this file")
     p.add_argument("--work-dir", type=Path, help="keep model, data, logs and metrics here (default: a temp dir)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per framework run")
@@ -428,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     wl = Workload(n=args.n, prompts=args.prompts, max_new_tokens=args.max_new_tokens, layers=args.layers,
                   hidden=args.hidden, steps=args.steps, warmup=args.warmup, threads=args.threads,
-                  template=args.template)
+                  template=args.template, r1ray_overrides=tuple(args.r1ray_set))
     with tempfile.TemporaryDirectory(prefix="grpo_step_") as tmp:
         work = (args.work_dir or Path(tmp)).absolute()
         work.mkdir(parents=True, exist_ok=True)

@@ -169,7 +169,7 @@ class Trainer:
     def _sampling(self, step: int, budget: int, round_index: int) -> SamplingParams:
         r = self.cfg.rollout
         return SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=budget,
-                              seed=self.cfg.trainer.seed * 1_000_003 + step * 16 + round_index)
+                              seed=self.cfg.trainer.seed * 1_000_003 + step * 16 + round_index, ignore_eos=r.ignore_eos)
 
     def _observe(self, step: int, scored: ScoreBatch) -> dict[str, float]:
         """Reward metrics of the step's first round; the curriculum sees its accuracy."""

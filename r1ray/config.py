@@ -102,6 +102,8 @@ class RolloutConfig:
     gpu_memory_utilization: float = _f(0.5, "vLLM: share of GPU memory for weights and KV cache.")
     generate_batch_size: int = _f(256, "HF engine: sequences sampled together in one batch (whole groups where they "
                                   "fit, each distinct prompt prefilled once); lower it if their KV cache does not fit.")
+    ignore_eos: bool = _f(False, "Sample every response to its budget, ignoring EOS (for benchmarks of long "
+                          "responses; training wants the model's own stops).")
     free_cache_engine: bool = _f(True, "vLLM: sleep (free KV cache and weights) while the actor trains on the same GPUs.")
     cpu_kv_cache_gib: int = _f(1, "vLLM on a CPU pool: KV cache size in whole GiB per engine (vLLM's VLLM_CPU_KVCACHE_SPACE).")
 

@@ -73,6 +73,7 @@ class SamplingParams:
     top_k: int = -1               # -1: no top-k cut
     max_new_tokens: int = 256     # the response budget of this call (the length schedule's current value)
     seed: int = 0                 # makes a call reproducible; the controller varies it per step
+    ignore_eos: bool = False      # sample to max_new_tokens (benchmarks of long responses)
 
 
 def derive_seed(base: int, *keys: int) -> int:

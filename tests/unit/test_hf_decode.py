@@ -14,6 +14,7 @@ import torch
 from r1ray.models import build_tiny_model
 from r1ray.protocol import PromptBatch, SamplingParams
 from r1ray.workers.engines.base import RolloutSpec
+from r1ray.workers.engines import hf_decode
 from r1ray.workers.engines.hf_decode import filter_logits
 from r1ray.workers.engines.hf_rollout import HFRolloutEngine, plan_chunks
 
@@ -123,8 +124,12 @@ def test_prefill_runs_once_per_prompt_and_finished_rows_leave_the_batch(engine):
     assert shapes[0] == (3, 12)                                              # 3 prompts, not 24 rows
     assert all(length == 1 for _, length in shapes[1:])                      # then one token per decode step
     sizes, lens = [b for b, _ in shapes[1:]], batch.response_lens
-    # Decode call k feeds token k of the rows that are still live: those longer than k tokens.
-    assert sizes == [int((lens > k).sum()) for k in range(1, int(lens.max()))]
+    # Decode call k feeds token k of the rows still live (those longer than k tokens) plus ended rows not
+    # yet dropped, which are fewer than COMPACT_AT of the batch before the call.
+    live = [int((lens > k).sum()) for k in range(1, int(lens.max()))]
+    assert len(sizes) == len(live)
+    for size, alive, before in zip(sizes, live, [24] + sizes):
+        assert alive <= size and size - alive < max(1, int(before * hf_decode.COMPACT_AT)), (size, alive, before)
     assert all(a >= b for a, b in zip(sizes, sizes[1:]))
     assert min(sizes) < 24, "some rows must end before the budget"
 
@@ -150,3 +155,12 @@ def test_plan_chunks_keeps_whole_groups_and_splits_only_groups_larger_than_a_chu
     assert plan_chunks(3, 4, 10) == [(0, [(0, 4), (1, 4)]), (8, [(2, 4)])]
     assert plan_chunks(2, 8, 3) == [(0, [(0, 3)]), (3, [(0, 3)]), (6, [(0, 2)]),
                                     (8, [(1, 3)]), (11, [(1, 3)]), (14, [(1, 2)])]
+
+
+def test_ignore_eos_samples_every_response_to_its_budget(engine):
+    """Benchmarks of long responses force the length; without the flag the same seed stops some rows."""
+    sampling = SamplingParams(n=4, temperature=1.0, max_new_tokens=40, seed=5)
+    stopped = engine.generate(_prompts(PROMPTS[:2]), sampling)
+    forced = engine.generate(_prompts(PROMPTS[:2]), replace(sampling, ignore_eos=True))
+    assert int(stopped.response_lens.min()) < 40
+    assert forced.response_lens.tolist() == [40] * 8 and bool(forced.truncated.all())

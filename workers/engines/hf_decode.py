@@ -19,6 +19,11 @@ from transformers import DynamicCache, PreTrainedModel
 
 from r1ray.protocol import SamplingParams
 
+# Finished rows leave the batch once they are this share of it: dropping rows re-indexes the whole KV
+# cache, and rows end at almost every step of a long sampled batch, so dropping them one step at a time
+# cost more (cache copies) than it saved; an ended row kept a few more steps computes one token each.
+COMPACT_AT = 0.125
+
 
 @dataclass
 class DecodedChunk:
@@ -104,21 +109,25 @@ def decode_chunk(model: PreTrainedModel, prompts: list[list[int]], counts: list[
     token_lp = torch.zeros(rows, budget, dtype=torch.float32, device=device)         # (b, L)
     lengths = torch.zeros(rows, dtype=torch.long, device=device)                     # (b,)
     ended = torch.zeros(rows, dtype=torch.bool, device=device)                       # (b,) an eos was sampled
-    live = torch.arange(rows, device=device)                                         # (l,) chunk row of each live row
-    eos = torch.tensor(eos_ids, device=device)
+    live = torch.arange(rows, device=device)                                         # (l,) chunk row of each batch row
+    done = torch.zeros(rows, dtype=torch.bool, device=device)                        # (l,) ended, not yet dropped
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
     for step in range(budget):
         token, lp = sample_tokens(logits, sampling, generator)                       # (l,), (l,)
-        tokens[live, step], token_lp[live, step] = token, lp
-        lengths[live] += 1
-        stop = torch.isin(token, eos)                                                # (l,)
-        ended[live] |= stop
-        stopped = int(stop.sum())                                                    # one host sync per step
-        if step == budget - 1 or stopped == len(live):
+        active = (~done).nonzero().squeeze(1)
+        rows_now = live[active]
+        tokens[rows_now, step], token_lp[rows_now, step] = token[active], lp[active]
+        lengths[rows_now] += 1
+        stop = torch.isin(token, eos) & ~done                                        # (l,)
+        ended[live[stop]] = True
+        done |= stop
+        finished = int(done.sum())                                                   # one host sync per step
+        if step == budget - 1 or finished == len(live):
             break
-        if stopped:
-            keep = (~stop).nonzero().squeeze(1)                                      # (l',) rows still live
+        if finished >= max(1, int(len(live) * COMPACT_AT)):
+            keep = (~done).nonzero().squeeze(1)                                      # (l',) rows still live
             cache.batch_select_indices(keep)
-            live, token, mask, next_pos = live[keep], token[keep], mask[keep], next_pos[keep]
+            live, token, mask, next_pos, done = live[keep], token[keep], mask[keep], next_pos[keep], done[keep]
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)                 # (l, W + step + 1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                     past_key_values=cache, use_cache=True, logits_to_keep=1)

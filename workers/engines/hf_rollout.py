@@ -66,7 +66,8 @@ class HFRolloutEngine:
             # chunks before it; the rows of a chunk share the stream and so get different noise.
             generator = torch.Generator(device=self.device).manual_seed(derive_seed(sampling.seed, start))
             chunk = decode_chunk(self.model, [prompts.prompt_ids[i] for i, _ in groups], [c for _, c in groups],
-                                 sampling, self.eos_ids, self.tokenizer.pad_token_id, generator)
+                                 sampling, [] if sampling.ignore_eos else self.eos_ids, self.tokenizer.pad_token_id,
+                                 generator)
             responses += chunk.responses
             logprobs += chunk.logprobs
             truncated += chunk.truncated

@@ -91,7 +91,7 @@ class VLLMRolloutEngine:
         params = [VSampling(n=n, temperature=max(sampling.temperature, 0.0), top_p=sampling.top_p,
                             top_k=sampling.top_k if sampling.top_k > 0 else 0, max_tokens=sampling.max_new_tokens,
                             logprobs=0, seed=derive_seed(sampling.seed, i),
-                            stop_token_ids=self.stop_ids, detokenize=False)
+                            stop_token_ids=self.stop_ids, ignore_eos=sampling.ignore_eos, detokenize=False)
                   for i in range(len(prompts)) for _ in range(copies)]
         requests = [{"prompt_token_ids": ids} for ids in prompts.prompt_ids for _ in range(copies)]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
