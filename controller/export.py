@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
-from r1ray.models.export import write_hf_model
+from r1ray.models.export import check_replaceable, write_hf_model
 
 
 def export_checkpoint(checkpoint: Path, out: Path) -> Path:
@@ -19,6 +19,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
 
     from r1ray.controller.checkpoint import read_checkpoint
 
+    check_replaceable(out)       # before any work: never replace a directory r1ray did not write
     read_checkpoint(checkpoint)  # refuses incomplete checkpoints with a clear message
     hf = checkpoint / "hf"
     skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(hf), dtype=torch.float32)

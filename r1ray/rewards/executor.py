@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -78,6 +79,14 @@ def _reap(process: subprocess.Popen) -> Optional[int]:
         return None
 
 
+def _kill_group(pgid: int) -> None:
+    """SIGKILL whatever is left of a worker's process group (processes its reward code started)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is empty: nothing was left behind
+
+
 class RewardExecutor:
     """Scores :class:`RewardItem` batches with the reward functions of a :class:`RewardSpec`.
 
@@ -102,10 +111,13 @@ class RewardExecutor:
         parent_sock, child_sock = socket.socketpair()
         # Closing the child's end here leaves the child its only holder: its death shows as EOF.
         with child_sock:
+            # Its own session (and process group): a reward that starts processes of its own leaves
+            # them in the worker's group, and killing the group kills them with it.
             process = subprocess.Popen(
                 [sys.executable, "-c", _WORKER_BOOT, str(child_sock.fileno())],
                 pass_fds=(child_sock.fileno(),),
                 env=_worker_env(),
+                start_new_session=True,
             )
         conn = Connection(parent_sock.detach())
         conn.send((self.spec.names, self.spec.weights))
@@ -249,6 +261,7 @@ class RewardExecutor:
         if worker.process.poll() is None:
             worker.process.kill()
         _reap(worker.process)
+        _kill_group(worker.process.pid)
         worker.conn.close()
 
     def close(self) -> None:

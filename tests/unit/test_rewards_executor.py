@@ -103,3 +103,28 @@ def test_score_one_runs_the_real_path() -> None:
     )
     assert (result.status, result.score) == ("ok", 1.5)
     assert result.components == {"auto": 1.0, "format": 1.0}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_timed_out_sample_takes_the_processes_it_started_with_it(tmp_path) -> None:
+    """The worker runs in its own process group; killing it on a timeout kills the group, so the
+    children a reward started do not outlive it (they were reparented to init and ran on before)."""
+    pid_file = tmp_path / "children"
+    spec = RewardSpec(names=[BEHAVE], weights=[1.0], sample_timeout_s=SAMPLE_TIMEOUT_S, batch_timeout_s=60.0,
+                      num_workers=1)
+    with RewardExecutor(spec) as pool:
+        batch = pool.score([_item(f"spawn:{pid_file}"), _item("fine")])
+        assert [r.status for r in batch.results] == ["timeout", "ok"]
+        children = [int(p) for p in pid_file.read_text().split()]
+        assert len(children) == 5
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in children)

@@ -24,4 +24,14 @@ def behave(response: str, ground_truth: str, extra: dict) -> Optional[float]:
         raise RewardTimeout("internal limit")
     if response == "none":
         return None
+    if response.startswith("spawn:"):
+        # Leave sleeping children behind, then hang: killing only the worker would orphan them.
+        pid_file = response.split(":", 1)[1]
+        import subprocess
+
+        children = [subprocess.Popen(["sleep", "300"]) for _ in range(5)]
+        with open(pid_file, "w") as f:
+            f.write(" ".join(str(c.pid) for c in children))
+        while True:
+            time.sleep(60)
     return 1.0

@@ -1,0 +1,47 @@
+"""Dynamic sampling in the Trainer: groups without reward spread are dropped before the reference pass, which
+then runs once, on the groups that train; and with KL at 0 no reference model is built at all."""
+
+from __future__ import annotations
+
+import pytest
+
+from r1ray.controller.trainer import Trainer
+
+pytestmark = pytest.mark.timeout(600)
+
+FILTERING = ["algorithm.dynamic_sampling=true", "algorithm.kl_placement=loss", "algorithm.kl_coef=0.01",
+             "reward.functions=[tests.ray.spread_reward:spread_on_even_answers]", "reward.weights=[1.0]",
+             "trainer.seed=1"]
+
+
+def test_dynamic_sampling_filters_groups_before_the_reference_pass(ray_cluster, small_config, tmp_path):
+    cfg = small_config(tmp_path / "out", *FILTERING)
+    trainer = Trainer(cfg)
+    trainer._build()
+    try:
+        metrics = trainer.step(1)
+        ref_passes = trainer.roles.ref.call("lifecycle")              # per reference rank
+    finally:
+        trainer.roles.shutdown()
+    rounds = int(metrics["dynamic_sampling/rounds"])
+    generated = rounds * cfg.data.prompts_per_step * cfg.rollout.n
+    # Only groups with spread train: some were dropped, so more rows were generated than trained on.
+    assert metrics["frac_reward_zero_std"] > 0
+    passes = [[int(e.split(":")[1]) for e in events if e.startswith("logprobs:")] for events in ref_passes]
+    assert all(len(p) == 1 for p in passes), passes                   # one reference pass, after the rounds
+    trained = sum(p[0] for p in passes)
+    assert 0 < trained < generated and trained % cfg.rollout.n == 0
+    assert metrics["timing_s/ref_logprobs"] > 0 and metrics["actor/grad_norm"] > 0
+
+
+def test_no_reference_model_when_the_kl_coefficient_is_zero(ray_cluster, small_config, tmp_path):
+    cfg = small_config(tmp_path / "out", "algorithm.kl_placement=loss", "algorithm.kl_coef=0.0",
+                       "reward.functions=[still3_length]", "reward.weights=[1.0]")
+    trainer = Trainer(cfg)
+    trainer._build()
+    try:
+        assert trainer.roles.ref is None
+        metrics = trainer.step(1)
+    finally:
+        trainer.roles.shutdown()
+    assert metrics["actor/grad_norm"] > 0
