@@ -1,7 +1,9 @@
 """Math accuracy reward via math-verify (LaTeX, ``\\boxed{}``, fractions, plain numbers).
 
-The response's answer is the ``<answer>`` content if there is one, else the last ``\\boxed{}``, else
-the last number. The ground truth may be a GSM8K solution ending in "#### 1,234" or a plain answer.
+The response's answer is the ``<answer>`` content if there is one, else the last ``\\boxed{}``; a
+response with neither scores 0. (A fallback to the last number in the text could be gamed: "the answer
+is 3/2" ends in the number 2. R1's rule-based accuracy reward likewise requires the answer in a stated
+format.) The ground truth may be a GSM8K solution ending in "#### 1,234" or a plain answer.
 
 Timeouts (DESIGN.md §9): math-verify bounds parsing and comparison with ``signal.alarm``, which
 works only on the main thread. The reward executor runs this on the main thread of a worker
@@ -111,7 +113,7 @@ def answer_matches(answer: str, gold: list[Any]) -> bool:
     return False
 
 
-def math_correct(response: str, ground_truth: str, number_fallback: bool = True) -> Optional[bool]:
+def math_correct(response: str, ground_truth: str, number_fallback: bool = False) -> Optional[bool]:
     """Whether the response's final answer is right; None when the ground truth is unparseable."""
     gold = parse_gold(ground_truth)
     if gold is None:
@@ -123,7 +125,7 @@ def math_correct(response: str, ground_truth: str, number_fallback: bool = True)
 
 @reward_fn
 def math_reward(response: str, ground_truth: str, extra: dict) -> Optional[float]:
-    """1.0 if the final answer is mathematically equal to the ground truth, else 0.0; None if the
-    ground truth cannot be parsed."""
+    """1.0 if the final answer (``<answer>`` or ``\\boxed{}``) is mathematically equal to the ground truth,
+    else 0.0; None if the ground truth cannot be parsed."""
     correct = math_correct(response, ground_truth)
     return None if correct is None else float(correct)

@@ -28,7 +28,12 @@ arithmetic = get_reward_fn("arithmetic")
         ("<answer>\\frac12</answer>", "\\dfrac{1}{2}", 1.0),
         ("<answer>$\\frac{\\sqrt{3}}{2}$</answer>", "\\frac{\\sqrt3}{2}", 1.0),
         ("first \\boxed{3} then \\boxed{\\frac{2}{3}}", "2/3", 1.0),
-        ("The total is 1,234 dollars.", "Adding up...\n#### 1,234", 1.0),
+        # No <answer> and no \\boxed{}: not an answer, whatever numbers the text ends with.
+        ("The total is 1,234 dollars.", "Adding up...\n#### 1,234", 0.0),
+        ("the answer is 3/2", "2", 0.0),
+        ("the answer is 2", "2", 0.0),
+        ("<answer>3/2</answer>", "2", 0.0),
+        ("<answer>3/2</answer>", "1.5", 1.0),
         ("<answer>1234</answer>", "#### 1,234", 1.0),
         ("no answer here at all", "#### 18", 0.0),
         ("<answer>\\boxed{x^2+1}</answer>", "1+x^2", 1.0),
