@@ -14,6 +14,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence, get_args, get_origin, get_type_hints
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -65,13 +66,34 @@ def config_to_dict(cfg: R1RayConfig) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
 
 
+def yaml_error_line(path: Path, exc: "yaml.MarkedYAMLError") -> str:
+    """One line: file:line:column, what is wrong, and how to fix the common cases (tabs, duplicate keys)."""
+    mark = exc.problem_mark or exc.context_mark
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = (exc.problem or exc.context or type(exc).__name__).strip()
+    if mark is not None and _char_at(path, mark.line, mark.column) == "\t":
+        problem, hint = "a tab character", "indent with spaces; YAML does not allow tabs"
+    elif "duplicate key" in problem:
+        hint = "each key may appear once per section; remove or merge the repeated one"
+    else:
+        hint = "check the brackets, quotes and indentation around that position"
+    return f"{where}: not valid YAML: {problem} ({hint})"
+
+
+def _char_at(path: Path, line: int, column: int) -> str:
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return lines[line][column] if line < len(lines) and column < len(lines[line]) else ""
+
+
 def _read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"{path}: config file not found (pass --config with an existing YAML file)"])
     try:
         loaded = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception as exc:  # YAML syntax errors come from several parsers' exception types
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError([yaml_error_line(path, exc)]) from exc
+    except Exception as exc:  # other parse failures (OmegaConf's own) carry no position
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError([f"{path}: not valid YAML: {first}"]) from exc
     if loaded is None:

@@ -88,7 +88,7 @@ def test_config_validate_missing_and_broken_files(capsys, tmp_path: Path) -> Non
     code, _, err = run(capsys, "config", "validate", "--config", str(broken))
     assert code == EXIT_USAGE
     lines = error_lines(err)
-    assert len(lines) == 1 and lines[0].startswith(f"error: {broken}: not valid YAML")
+    assert len(lines) == 1 and lines[0].startswith(f"error: {broken}:2:1: not valid YAML")
 
 
 def test_config_fields_lists_keys_with_help(capsys) -> None:

@@ -188,11 +188,22 @@ def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
     assert problem == f"{tmp_path / 'nope.yaml'}: config file not found (pass --config with an existing YAML file)"
 
 
-def test_invalid_yaml_is_one_line(tmp_path: Path) -> None:
+def test_invalid_yaml_is_one_line_with_its_position(tmp_path: Path) -> None:
     path = write_yaml(tmp_path, "model:\n  path: [unclosed\n  dtype: float32\n")
     problem = only_problem([], path)
-    assert problem.startswith(f"{path}: not valid YAML: ")
+    assert problem.startswith(f"{path}:3:8: not valid YAML: did not find expected ',' or ']'")
     assert "\n" not in problem
+
+
+@pytest.mark.parametrize(("text", "where", "says"), [
+    ("rollout:\n\tn: 4\n", "2:1", "a tab character (indent with spaces; YAML does not allow tabs)"),
+    ("rollout:\n  n: 4\n  n: 8\n", "3:3", "found duplicate key n (each key may appear once per section"),
+    ("rollout: {n: 4\n", "2:1", "did not find expected ',' or '}'"),
+])
+def test_yaml_errors_name_line_column_and_cause(tmp_path: Path, text: str, where: str, says: str) -> None:
+    path = write_yaml(tmp_path, text)
+    problem = only_problem([], path)
+    assert problem.startswith(f"{path}:{where}: not valid YAML: {says}"), problem
 
 
 def test_yaml_top_level_must_be_a_mapping(tmp_path: Path) -> None:
