@@ -7,8 +7,8 @@ and returns every problem, so `r1ray config validate` can list them together.
 from __future__ import annotations
 
 import importlib.util
-
 import json
+import math
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ GROUP_ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline")
 def check_config(cfg: R1RayConfig) -> list[str]:
     problems = _choices(cfg, "")
     for rule in (_model_rules, _data_rules, _rollout_rules, _algorithm_rules, _batch_rules,
-                 _reward_rules, _placement_rules, _trainer_rules):
+                 _reward_rules, _optimizer_rules, _placement_rules, _trainer_rules):
         problems += rule(cfg)
     return problems
 
@@ -103,6 +103,10 @@ def _rollout_rules(cfg: R1RayConfig) -> list[str]:
         problems.append("rollout.top_p: must be in (0, 1]")
     if r.temperature < 0:
         problems.append("rollout.temperature: must be >= 0")
+    elif r.temperature == 0 and r.n > 1:
+        problems.append(f"rollout.temperature: 0 (greedy) makes the {r.n} samples of a prompt identical, so a group "
+                        f"has no reward spread and nothing is learned; use 0.6 to 1.0 (held-out evaluation has its "
+                        f"own trainer.eval_temperature)")
     if r.max_prompt_length < 1 or r.max_response_length < 1:
         problems.append("rollout.max_prompt_length/max_response_length: must be >= 1")
     steps = [entry[0] for entry in r.response_length_schedule if len(entry) == 2]
@@ -176,6 +180,12 @@ def _reward_rules(cfg: R1RayConfig) -> list[str]:
     for name in r.functions:
         if name not in known and ":" not in name:
             problems.append(f"reward.functions: unknown reward '{name}'; known: {', '.join(sorted(known))}")
+        elif ":" in name and not _importable(name.partition(":")[0]):
+            problems.append(f"reward.functions: module '{name.partition(':')[0]}' of '{name}' cannot be imported from "
+                            f"here; check its spelling and that its folder is on PYTHONPATH (or in the job's working dir)")
+    bad = [w for w in r.weights if not math.isfinite(w)]
+    if bad:
+        problems.append(f"reward.weights: {bad[0]} is not a finite number; give each reward a real weight, e.g. 1.0")
     if r.sample_timeout_s <= 0 or r.batch_timeout_s < r.sample_timeout_s:
         problems.append("reward.sample_timeout_s/batch_timeout_s: need 0 < sample_timeout_s <= batch_timeout_s")
     if r.processes < 1:
@@ -209,6 +219,26 @@ def _placement_rules(cfg: R1RayConfig) -> list[str]:
         # The TrainEngine protocol has one implementation so far; fail here, not in a worker at start-up.
         problems.append("actor.engine: the DeepSpeed engine is not available in this release; use fsdp2")
     return problems
+
+
+def _optimizer_rules(cfg: R1RayConfig) -> list[str]:
+    a = cfg.actor
+    problems = []
+    if not (math.isfinite(a.lr) and a.lr > 0):
+        problems.append(f"actor.lr: {a.lr} must be a positive learning rate, e.g. 1e-6")
+    if not (math.isfinite(cfg.sft.lr) and cfg.sft.lr >= 0):
+        problems.append(f"sft.lr: {cfg.sft.lr} must be >= 0 (0 uses actor.lr)")
+    if a.weight_decay < 0 or a.grad_clip < 0:
+        problems.append("actor.weight_decay/grad_clip: must be >= 0")
+    return problems
+
+
+def _importable(module: str) -> bool:
+    """Whether `module` can be found, without running it (the reward workers import it)."""
+    try:
+        return bool(module) and importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _trainer_rules(cfg: R1RayConfig) -> list[str]:

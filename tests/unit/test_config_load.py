@@ -304,8 +304,8 @@ def test_unknown_reward_name_lists_known_ones() -> None:
     problem = only_problem(BASE + ["reward.functions=[auto,formt]"])
     assert problem.startswith("reward.functions: unknown reward 'formt'; known: ")
     assert "format" in problem and "math" in problem
-    # 'module:function' paths are plugged-in rewards, checked when imported.
-    assert load_config(None, BASE + ["reward.functions=[auto,my_pkg.rewards:length]"])
+    # 'module:function' paths are plugged-in rewards: their module must be importable (see below).
+    assert load_config(None, BASE + ["reward.functions=[auto,r1ray.rewards.still3:still3_length_reward]"])
 
 
 def test_undefined_placement_pool() -> None:
@@ -438,3 +438,24 @@ def test_tensor_parallel_engines_fit_on_one_node() -> None:
     cfg = load_config(None, BASE + gen + ["placement.pools.gen.devices_per_node=8", "rollout.tensor_parallel_size=4",
                                           "rollout.engine=vllm"])
     assert cfg.rollout.tensor_parallel_size == 4
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("rollout.temperature=0", "rollout.temperature: 0 (greedy) makes the 8 samples of a prompt identical"),
+    ("actor.lr=-1e-4", "actor.lr: -0.0001 must be a positive learning rate"),
+    ("actor.lr=0", "actor.lr: 0.0 must be a positive learning rate"),
+    ("reward.weights=[.nan,1.0]", "reward.weights: nan is not a finite number"),
+    ("reward.functions=[auto,no_such_pkg.rewards:score]",
+     "reward.functions: module 'no_such_pkg.rewards' of 'no_such_pkg.rewards:score' cannot be imported"),
+    ("sft.lr=-1", "sft.lr: -1.0 must be >= 0"),
+])
+def test_values_that_would_fail_later_or_learn_nothing_are_refused(override: str, expected: str) -> None:
+    overrides = BASE + ["rollout.n=8", override]
+    if override.startswith("reward.functions"):
+        overrides.append("reward.weights=[1.0,1.0]")
+    assert only_problem(overrides).startswith(expected)
+
+
+def test_an_importable_custom_reward_module_passes() -> None:
+    load_config(None, BASE + ["reward.functions=[auto,r1ray.rewards.format_reward:format_reward]",
+                              "reward.weights=[1.0,0.1]"])
