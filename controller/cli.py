@@ -146,7 +146,10 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from r1ray.data import DataError
     from r1ray.env_check import TorchCompanionError
 
-    return (UserError, ConfigError, DataError, TorchCompanionError, FileNotFoundError, ValueError)
+    from r1ray.rewards.spec import RewardFailure
+
+    return (UserError, ConfigError, DataError, TorchCompanionError, RewardFailure, ConnectionError, FileNotFoundError,
+            ValueError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

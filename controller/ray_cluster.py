@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
+import time
 
 import ray
 
@@ -17,13 +19,38 @@ logger = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+class ClusterUnreachable(ConnectionError):
+    """Nothing accepts connections at the Ray address; the message names it and what to do."""
+
+
+def wait_for_gcs(address: str, timeout_s: float) -> None:
+    """Fail within `timeout_s` when a host:port address has no listener. Ray's own connect retries for
+    minutes and ignores SIGTERM while it does; "auto" and "ray://" addresses are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or address.startswith("ray://") or not port.isdigit():
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=min(5.0, max(timeout_s, 0.1))).close()
+            return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise ClusterUnreachable(
+                    f"ray.address {address}: nothing accepts connections there ({exc.strerror or exc}) after "
+                    f"{timeout_s:g}s; start the head (`ray start --head --port {port}`), fix the address, or leave "
+                    f"ray.address empty for a local cluster") from exc
+            time.sleep(1.0)
+
+
 def connect(address: str, *, num_cpus: int, needed_cpus: float, dashboard: bool, dashboard_host: str,
-            namespace: str) -> str:
+            namespace: str, connect_timeout_s: float = 30.0) -> str:
     """Connect to (or start) Ray; returns a short description of what was joined."""
     if ray.is_initialized():
         return "already connected"
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
+        wait_for_gcs(address, connect_timeout_s)
         ray.init(address=address, namespace=namespace, log_to_driver=True)
         return f"cluster at {address}"
     cpus = num_cpus or max(os.cpu_count() or 1, math.ceil(needed_cpus))
@@ -61,4 +88,5 @@ def dashboard_exposure_warning(dashboard: bool, host: str, token_auth: bool) -> 
 def connect_for(ray_cfg, placement) -> str:
     """`connect` with the config's `ray` section, sized for `placement` (a workers.placement.Placement)."""
     return connect(ray_cfg.address, num_cpus=ray_cfg.num_cpus, needed_cpus=placement.required().get("CPU", 1.0),
-                   dashboard=ray_cfg.dashboard, dashboard_host=ray_cfg.dashboard_host, namespace=ray_cfg.namespace)
+                   dashboard=ray_cfg.dashboard, dashboard_host=ray_cfg.dashboard_host, namespace=ray_cfg.namespace,
+                   connect_timeout_s=ray_cfg.connect_timeout_s)

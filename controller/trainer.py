@@ -20,6 +20,7 @@ from r1ray.data.curriculum import CurriculumRule, CurriculumSource
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch, concat_batches
 from r1ray.evaluation import behaviour_rates
 from r1ray.rewards import ScoreBatch
+from r1ray.rewards.spec import RewardFailure
 from r1ray.workers.placement import Placement
 from r1ray.workers.fingerprint import WeightSyncError, verify_fingerprints
 
@@ -57,6 +58,7 @@ class Trainer:
         # The actor has changed since the engines last received its weights: true at start, so the engines
         # get the actor's weights (resumed or not) before they first generate.
         self.weights_stale = True
+        self.failed_steps = 0                # steps in a row in which no sample got a score
 
     # ---- setup -------------------------------------------------------------------------------------
     def _build(self) -> tuple[int, str | None]:
@@ -172,7 +174,15 @@ class Trainer:
                               seed=self.cfg.trainer.seed * 1_000_003 + step * 16 + round_index, ignore_eos=r.ignore_eos)
 
     def _observe(self, step: int, scored: ScoreBatch) -> dict[str, float]:
-        """Reward metrics of the step's first round; the curriculum sees its accuracy."""
+        """Reward metrics of the step's first round; the curriculum sees its accuracy. A run whose reward
+        scores nothing, step after step, stops (RewardFailure) rather than train on nothing."""
+        self.failed_steps = 0 if scored.n_scored else self.failed_steps + 1
+        limit = self.cfg.reward.max_failed_steps
+        if self.failed_steps >= limit:
+            why = scored.first_error or "every reward returned None (unscorable)"
+            raise RewardFailure(f"reward: no sample of {len(scored.results)} could be scored in {limit} step(s) in a "
+                                f"row (steps {step - limit + 1}-{step}); first error: {why}. Fix the reward "
+                                f"function (try it with `r1ray score`), or raise reward.max_failed_steps")
         accuracy = sum(correct_flags(self.cfg, scored)) / max(len(scored.results), 1)
         self.sampler.observe(step, accuracy)
         return {**scored.metrics(), "train/accuracy": accuracy, **self.sampler.metrics()}

@@ -160,6 +160,8 @@ class RewardConfig:
     batch_timeout_s: float = _f(300.0, "Samples unfinished after this long per batch are killed and counted as timeouts.")
     processes: int = _f(2, "Scoring subprocesses per reward worker.")
     language: str = _f("en", "Target language of the language-consistency reward.")
+    max_failed_steps: int = _f(3, "Stop the run after this many steps in a row in which no sample could be scored "
+                               "(every reward call raised, timed out or returned None): nothing is being learned.")
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,8 @@ class RayConfig:
     dashboard: bool = _f(False, "Start Ray's dashboard with a local cluster.")
     dashboard_host: str = _f("127.0.0.1", "Dashboard bind address; anything else exposes a code-executing API.")
     namespace: str = _f("r1ray", "Ray namespace of r1ray's actors.")
+    connect_timeout_s: float = _f(30.0, "How long to wait for a cluster at ray.address (host:port) to accept "
+                                  "connections before giving up with an error.")
 
 
 @dataclass(frozen=True)

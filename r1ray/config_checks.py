@@ -188,6 +188,8 @@ def _reward_rules(cfg: R1RayConfig) -> list[str]:
         problems.append(f"reward.weights: {bad[0]} is not a finite number; give each reward a real weight, e.g. 1.0")
     if r.sample_timeout_s <= 0 or r.batch_timeout_s < r.sample_timeout_s:
         problems.append("reward.sample_timeout_s/batch_timeout_s: need 0 < sample_timeout_s <= batch_timeout_s")
+    if r.max_failed_steps < 1:
+        problems.append("reward.max_failed_steps: must be >= 1")
     if r.processes < 1:
         problems.append("reward.processes: must be >= 1")
     return problems

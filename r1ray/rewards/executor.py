@@ -140,10 +140,11 @@ class RewardExecutor:
         batch = ScoreBatch([r for r in results if r is not None])
         if batch.n_timeout or batch.n_error:
             logger.warning(
-                "reward scoring: %d timeout(s), %d error(s) in %d samples",
+                "reward scoring: %d timeout(s), %d error(s) in %d samples; first: %s",
                 batch.n_timeout,
                 batch.n_error,
                 len(items),
+                batch.first_error,
             )
         return batch
 

@@ -68,6 +68,10 @@ class RewardItem:
     extra: dict = field(default_factory=dict)
 
 
+class RewardFailure(RuntimeError):
+    """No sample could be scored for reward.max_failed_steps steps in a row; the message gives the first error."""
+
+
 @dataclass
 class ScoreResult:
     """The outcome for one sample.
@@ -109,6 +113,16 @@ class ScoreBatch:
     def n_error(self) -> int:
         """Samples whose reward function raised or whose worker died."""
         return self._count("error")
+
+    @property
+    def first_error(self) -> str:
+        """The message of the first sample that timed out or raised ("" when none did)."""
+        return next((r.error for r in self.results if r.status in ("error", "timeout") and r.error), "")
+
+    @property
+    def n_scored(self) -> int:
+        """Samples that got a score."""
+        return self._count("ok")
 
     @property
     def n_unscorable(self) -> int:

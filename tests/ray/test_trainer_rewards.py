@@ -1,16 +1,18 @@
-"""Dynamic sampling in the Trainer: groups without reward spread are dropped before the reference pass, which
-then runs once, on the groups that train; and with KL at 0 no reference model is built at all."""
+"""Trainer steps around the reward: dynamic sampling drops groups without reward spread before the reference
+pass, which then runs once, on the groups that train; with KL at 0 no reference model is built at all; and a
+reward that scores nothing stops the run, quoting its error."""
 
 from __future__ import annotations
 
 import pytest
 
 from r1ray.controller.trainer import Trainer
+from r1ray.rewards.spec import RewardFailure
 
 pytestmark = pytest.mark.timeout(600)
 
 FILTERING = ["algorithm.dynamic_sampling=true", "algorithm.kl_placement=loss", "algorithm.kl_coef=0.01",
-             "reward.functions=[tests.ray.spread_reward:spread_on_even_answers]", "reward.weights=[1.0]",
+             "reward.functions=[tests.ray.rewards_for_tests:spread_on_even_answers]", "reward.weights=[1.0]",
              "trainer.seed=1"]
 
 
@@ -45,3 +47,20 @@ def test_no_reference_model_when_the_kl_coefficient_is_zero(ray_cluster, small_c
     finally:
         trainer.roles.shutdown()
     assert metrics["actor/grad_norm"] > 0
+
+
+def test_a_reward_that_scores_nothing_stops_the_run_with_its_error(ray_cluster, small_config, tmp_path):
+    cfg = small_config(tmp_path / "out", "reward.functions=[tests.ray.rewards_for_tests:always_raises]",
+                       "reward.weights=[1.0]", "reward.max_failed_steps=2")
+    trainer = Trainer(cfg)
+    trainer._build()
+    try:
+        first = trainer.step(1)                                       # one failed step is tolerated
+        with pytest.raises(RewardFailure) as info:
+            trainer.step(2)
+    finally:
+        trainer.roles.shutdown()
+    assert first["reward/error_count"] == cfg.data.prompts_per_step * cfg.rollout.n
+    message = str(info.value)
+    assert "\n" not in message and "in 2 step(s) in a row (steps 1-2)" in message
+    assert "always_raises: KeyError: 'ground_truth_field'" in message

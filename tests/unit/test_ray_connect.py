@@ -1,0 +1,58 @@
+"""Joining a cluster that is not there fails fast, in one line, instead of Ray's minutes of retries."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from r1ray.controller.ray_cluster import ClusterUnreachable, wait_for_gcs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]          # nothing listens once the socket is closed
+
+
+def test_a_listening_address_passes_at_once() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        start = time.monotonic()
+        wait_for_gcs(f"127.0.0.1:{server.getsockname()[1]}", timeout_s=5)
+        assert time.monotonic() - start < 1
+
+
+def test_nothing_listening_fails_after_the_timeout_naming_the_address() -> None:
+    port = _closed_port()
+    start = time.monotonic()
+    with pytest.raises(ClusterUnreachable) as info:
+        wait_for_gcs(f"127.0.0.1:{port}", timeout_s=1.5)
+    assert 1.5 <= time.monotonic() - start < 5
+    assert str(info.value).startswith(f"ray.address 127.0.0.1:{port}: nothing accepts connections there")
+    wait_for_gcs("auto", timeout_s=0)                     # left to Ray
+    wait_for_gcs("ray://head:10001", timeout_s=0)
+
+
+def test_train_with_an_unreachable_address_exits_with_one_line(tmp_path) -> None:
+    port = _closed_port()
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "r1ray.controller.cli", "train", "--config", str(REPO / "configs" / "quickstart.yaml"),
+         "stages=[]", f"ray.address=127.0.0.1:{port}", "ray.connect_timeout_s=1",
+         f"trainer.output_dir={tmp_path / 'out'}", f"model.path={tmp_path / 'model'}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: ray.address 127.0.0.1:{port}: nothing accepts connections there (Connection refused) "
+                      f"after 1s; start the head (`ray start --head --port {port}`), fix the address, or leave "
+                      f"ray.address empty for a local cluster"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - start < 120
