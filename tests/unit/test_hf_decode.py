@@ -164,3 +164,31 @@ def test_ignore_eos_samples_every_response_to_its_budget(engine):
     forced = engine.generate(_prompts(PROMPTS[:2]), replace(sampling, ignore_eos=True))
     assert int(stopped.response_lens.min()) < 40
     assert forced.response_lens.tolist() == [40] * 8 and bool(forced.truncated.all())
+
+
+def test_growing_cache_layer_holds_what_a_dynamic_layer_holds() -> None:
+    """Appends past the first capacity, repeats rows, drops rows: the same keys and values as transformers'
+    concatenating layer, without a copy of the cache per appended token."""
+    from transformers.cache_utils import DynamicLayer
+
+    from r1ray.workers.engines.hf_cache import MIN_CAPACITY, GrowingLayer
+
+    gen = torch.Generator().manual_seed(0)
+    grow, plain = GrowingLayer(), DynamicLayer()
+    kv = lambda b, t: (torch.randn(b, 2, t, 4, generator=gen), torch.randn(b, 2, t, 4, generator=gen))  # noqa: E731
+    rows = 2
+    for i in range(MIN_CAPACITY + 11):
+        k, v = kv(rows, 5 if i == 0 else 1)
+        got, want = grow.update(k, v), plain.update(k, v)
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), i
+        if i == 3:
+            grow.batch_repeat_interleave(3)
+            plain.batch_repeat_interleave(3)
+            rows = 6
+        if i == 20:
+            keep = torch.tensor([0, 2, 5])
+            grow.batch_select_indices(keep)
+            plain.batch_select_indices(keep)
+            rows = 3
+    assert grow.get_seq_length() == plain.get_seq_length() == 5 + MIN_CAPACITY + 10
+    assert grow.key_buffer.shape[-2] < 4 * grow.get_seq_length()            # doubled, not grown per token

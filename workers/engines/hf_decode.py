@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from r1ray.protocol import SamplingParams
+from r1ray.workers.engines.hf_cache import growing_cache
 
 # Finished rows leave the batch once they are this share of it: dropping rows re-indexes the whole KV
 # cache, and rows end at almost every step of a long sampled batch, so dropping them one step at a time
@@ -93,7 +94,7 @@ def decode_chunk(model: PreTrainedModel, prompts: list[list[int]], counts: list[
     """
     device = model.device
     ids, mask = _left_pad(prompts, pad_id, device)
-    cache = DynamicCache(config=model.config)
+    cache = growing_cache(model)
     out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
                 use_cache=True, logits_to_keep=1)
     # Copy each prompt's prefill to its rows: the cache, its mask and its last logits.
