@@ -54,10 +54,26 @@ def _score_cmd(args: argparse.Namespace) -> int:
     weights = args.weight or [1.0] * len(args.reward)
     if len(weights) != len(args.reward):
         raise UserError("--weight: give one --weight per --reward, or none")
-    result = score_one(args.reward, weights, args.response, args.ground_truth, extra)
+    result = score_one(args.reward, weights, _response_text(args), args.ground_truth, extra)
     details = {"components": result.components, "status": result.status, "error": result.error}
     print(json.dumps({"score": result.score, "details": details}))
+    if result.status in ("error", "timeout"):
+        print(f"error: the reward {result.status}: {result.error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _response_text(args: argparse.Namespace) -> str:
+    """--response, or the file of --response-file ("-": standard input): a command-line argument is
+    limited to 128 KiB by the kernel, long responses need one of the others."""
+    if args.response_file is None:
+        return args.response
+    if args.response_file == "-":
+        return sys.stdin.read()
+    path = Path(args.response_file)
+    if not path.is_file():
+        raise UserError(f"--response-file {path}: no such file")
+    return path.read_text(encoding="utf-8", errors="replace")
 
 
 def _data_cmd(args: argparse.Namespace) -> int:
@@ -102,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", action="append", required=True, help="reward function name; repeat to combine")
     p.add_argument("--weight", action="append", type=float, help="weight per --reward (default 1 each)")
     p.add_argument("--ground-truth", required=True)
-    p.add_argument("--response", required=True)
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--response", help="the response text")
+    given.add_argument("--response-file", metavar="PATH", help="read the response from PATH ('-': standard input)")
     p.add_argument("--data-source", default="", help="selects the accuracy reward for --reward auto")
     p.add_argument("--extra", default="", help="JSON object of extras, e.g. '{\"numbers\": [3, 5]}'")
     p.set_defaults(func=_score_cmd)

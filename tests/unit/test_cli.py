@@ -258,3 +258,31 @@ def test_console_script_missing_data_file_is_one_line(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: missing.jsonl")
+
+
+def test_score_a_response_longer_than_an_argument_can_be(tmp_path) -> None:
+    """The kernel limits one argument to 128 KiB; --response-file (or '-' for stdin) takes any length."""
+    import subprocess
+    import sys
+
+    response = "<think>" + "step. " * 40_000 + "</think><answer>18</answer>"          # 240 KB
+    path = tmp_path / "response.txt"
+    path.write_text(response)
+    base = [sys.executable, "-m", "r1ray.controller.cli", "score", "--reward", "math", "--ground-truth", "18"]
+    from_file = subprocess.run(base + ["--response-file", str(path)], capture_output=True, text=True, timeout=120)
+    from_stdin = subprocess.run(base + ["--response-file", "-"], input=response, capture_output=True, text=True,
+                                timeout=120)
+    for proc in (from_file, from_stdin):
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["score"] == 1.0
+    missing = subprocess.run(base + ["--response-file", str(tmp_path / "nope.txt")], capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode == EXIT_USAGE and error_lines(missing.stderr) == [
+        f"error: --response-file {tmp_path / 'nope.txt'}: no such file"]
+
+
+def test_score_exits_non_zero_when_the_reward_fails(capsys) -> None:
+    code, out, err = run(capsys, "score", "--reward", "tests.unit.test_rewards_helpers:behave", "--ground-truth", "1",
+                         "--response", "raise")
+    assert code == 1 and json.loads(out)["details"]["status"] == "error"
+    assert error_lines(err) == ["error: the reward error: tests.unit.test_rewards_helpers:behave: RuntimeError: boom"]
