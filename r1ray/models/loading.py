@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -32,6 +33,13 @@ def load_tokenizer(path: str | os.PathLike, *, trust_remote_code: bool = False) 
     Batched generation and packing need a pad id; Llama-style checkpoints ship without one.
     """
     tokenizer = AutoTokenizer.from_pretrained(os.fspath(path), trust_remote_code=trust_remote_code)
+    if not tokenizer("Hello, world 123")["input_ids"]:
+        # transformers builds an empty tokenizer (no vocabulary) for a directory without tokenizer files;
+        # every prompt would encode to nothing and the run would fail much later.
+        files = sorted(p.name for p in Path(path).glob("*token*")) if Path(path).is_dir() else []
+        raise ValueError(f"{path}: the tokenizer encodes text to no tokens (tokenizer files here: "
+                         f"{', '.join(files) or 'none'}); copy tokenizer.json and tokenizer_config.json from the "
+                         f"original checkpoint into this directory")
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         logger.info("tokenizer at %s has no pad token; using eos %r", path, tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token

@@ -75,3 +75,19 @@ def test_vocabulary_order(tokenizer):
     assert [vocab[t] for t in SPECIAL_TOKENS] == [0, 1, 2]
     assert tokenizer.encode("\t\n !~", add_special_tokens=False) == [3, 4, 5, 6, 5 + 126 - 32]
     assert len(tokenizer) == 3 + 256 + len(FORMAT_TOKENS)
+
+
+def test_a_model_directory_without_tokenizer_files_is_refused(tmp_path) -> None:
+    """transformers builds an empty tokenizer for it, which encodes every prompt to nothing."""
+    import shutil
+
+    from r1ray.models import build_tiny_model, load_tokenizer
+
+    model = build_tiny_model(tmp_path / "m", hidden=32, layers=1, heads=2, kv_heads=1)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        shutil.copy(model / name, bare / name)
+    with pytest.raises(ValueError, match="the tokenizer encodes text to no tokens .tokenizer files here: none.; copy"):
+        load_tokenizer(bare)
+    assert load_tokenizer(model)("Hello")["input_ids"]
