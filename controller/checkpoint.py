@@ -94,6 +94,40 @@ class CheckpointManager:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+# What a GRPO run writes into its output_dir (besides files it rebuilds: data, the tiny model, plots).
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard")
+
+
+def claim_output_dir(out_dir: Path, resume: str, overwrite: bool) -> None:
+    """A fresh run (resume=never) must not mix with an earlier run in the same directory: its metrics.jsonl
+    would be cut back to the new run and its checkpoints, newer than the new run's, picked by a later
+    resume=auto. Refuse, or with `overwrite` remove the earlier run's outputs first."""
+    if resume != "never":
+        return
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"trainer.output_dir {out_dir}: is a file; choose a directory")
+    found = [name for name in RUN_OUTPUTS if _holds_something(out_dir / name)]
+    if not found:
+        return
+    steps = CheckpointManager(out_dir / "checkpoints", keep=1).complete()
+    if overwrite:
+        logger.warning("trainer.overwrite=true: removing the earlier run in %s (%s)", out_dir, ", ".join(found))
+        for name in found:
+            target = out_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        return
+    held = f"checkpoints up to {steps[-1].name}" if steps else ", ".join(found)
+    raise ValueError(f"trainer.output_dir {out_dir}: already holds a run ({held}); continue it with "
+                     f"trainer.resume=auto, write elsewhere with trainer.output_dir=..., or replace it with "
+                     f"trainer.overwrite=true")
+
+
+def _holds_something(path: Path) -> bool:
+    if path.is_dir():
+        return any(path.iterdir())
+    return path.is_file() and path.stat().st_size > 0
+
+
 def read_checkpoint(path: Path) -> tuple[TrainerState, dict[str, Any]]:
     """The trainer state and RNG states of a complete checkpoint; refuses incomplete ones."""
     if not (path / "COMPLETE").is_file():

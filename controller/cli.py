@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from r1ray.config_load import NothingToDo
 from r1ray.controller.cli_deploy import add_deploy_commands
 
 EXIT_USAGE = 2
+EXIT_NOTHING_TO_DO = 3     # the command found its work already done (say so; never exit 0 as if it had run)
 # Commands that load a model through transformers, which imports torchvision when it is installed.
 LOADS_MODELS = ("train", "sft", "sample", "eval", "export", "model")
 
@@ -186,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             check_torch_companions()
         return func(args)
+    except NothingToDo as exc:
+        print(f"nothing to do: {exc}", file=sys.stderr)
+        return EXIT_NOTHING_TO_DO
     except _user_error_types() as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"error: {line}", file=sys.stderr)

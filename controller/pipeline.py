@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from r1ray.config import R1RayConfig, StageConfig
-from r1ray.config_load import config_from_dict, config_to_dict
+from r1ray.config_load import NothingToDo, config_from_dict, config_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -71,23 +71,51 @@ def run_stage(cfg: R1RayConfig, kind: str, stage_dir: Path) -> dict[str, Any]:
     return {"metrics": run_eval(cfg)["metrics"]}
 
 
+def continue_reason(stage: StageConfig, stage_cfg: R1RayConfig, done: dict[str, Any]) -> str | None:
+    """Why a completed stage must run again, or None to skip it: a GRPO stage whose trainer.total_steps
+    has grown since it finished continues from its last checkpoint."""
+    finished = done.get("total_steps")
+    if stage.kind == "grpo" and finished is not None and stage_cfg.trainer.total_steps > finished:
+        return f"finished at step {finished}, trainer.total_steps is now {stage_cfg.trainer.total_steps}"
+    return None
+
+
 def run_pipeline(cfg: R1RayConfig) -> Carry:
+    """Run the stages in order; finished ones are skipped unless they have more to do (`continue_reason`),
+    and every stage after one that ran again is redone from its new output. Raises NothingToDo when every
+    stage was already complete."""
     root = Path(cfg.trainer.output_dir)
     carry = Carry(model=cfg.model.path)
+    redo = False                         # an earlier stage ran again: later outputs are stale
+    ran = 0
     for index, stage in enumerate(cfg.stages, start=1):
-        stage_dir = root / f"{index}_{stage.name or stage.kind}"
+        name = stage.name or stage.kind
+        stage_dir = root / f"{index}_{name}"
         marker = stage_dir / MARKER
-        if marker.is_file():
-            done = json.loads(marker.read_text())
-            logger.info("stage %d (%s) already complete; skipping", index, stage.name or stage.kind)
+        stage_cfg = stage_config(cfg, stage, stage_dir, carry, first=index == 1)
+        done = json.loads(marker.read_text()) if marker.is_file() else None
+        reason = continue_reason(stage, stage_cfg, done) if done is not None else None
+        if done is not None and not redo and reason is None:
+            logger.info("stage %d (%s) already complete; skipping", index, name)
         else:
-            stage_cfg = stage_config(cfg, stage, stage_dir, carry, first=index == 1)
+            if reason is not None and not redo:
+                logger.info("stage %d (%s) %s: continuing it from its last checkpoint", index, name, reason)
+                stage_cfg = replace(stage_cfg, trainer=replace(stage_cfg.trainer, resume="auto"))
+            elif done is not None:
+                logger.info("stage %d (%s): an earlier stage ran again, so it is redone from the new model", index, name)
+                stage_cfg = replace(stage_cfg, trainer=replace(stage_cfg.trainer, resume="never", overwrite=True))
             logger.info("stage %d/%d: %s (%s) -> %s", index, len(cfg.stages), stage.name, stage.kind, stage_dir)
             done = run_stage(stage_cfg, stage.kind, stage_dir)
+            if stage.kind == "grpo":
+                done["total_steps"] = stage_cfg.trainer.total_steps
             tmp = marker.with_suffix(".tmp")
             tmp.write_text(json.dumps(done, indent=2, default=float))
             os.replace(tmp, marker)
+            redo, ran = True, ran + 1
         carry.model = done.get("model", carry.model)
         carry.sft_data = done.get("sft_data", carry.sft_data)
         carry.results[f"{index}_{stage.name or stage.kind}"] = done.get("metrics", {})
+    if not ran:
+        raise NothingToDo(f"all {len(cfg.stages)} stages in {root} are already complete; nothing was run (raise "
+                          f"trainer.total_steps to continue the GRPO stages, or choose a new trainer.output_dir)")
     return carry

@@ -15,7 +15,7 @@ import torch
 
 from r1ray.algos import kl_coef_schedule
 from r1ray.config import R1RayConfig
-from r1ray.config_load import config_to_dict
+from r1ray.config_load import NothingToDo, config_to_dict
 from r1ray.data.curriculum import CurriculumRule, CurriculumSource
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch, concat_batches
 from r1ray.evaluation import behaviour_rates
@@ -26,7 +26,8 @@ from r1ray.workers.fingerprint import WeightSyncError, verify_fingerprints
 
 from r1ray.controller.advantage import (build_train_batch, keep_rows, logprob_view, scores_tensor, select_groups,
                                         shaped_scores)
-from r1ray.controller.checkpoint import CheckpointManager, TrainerState, read_checkpoint, restore_rng
+from r1ray.controller.checkpoint import (CheckpointManager, TrainerState, claim_output_dir, read_checkpoint,
+                                        restore_rng)
 from r1ray.controller.evaluate import evaluate_dataset, training_eval_sampling
 from r1ray.controller.inference import correct_flags
 from r1ray.controller.metrics import StageTimer, mean_over_ranks, rollout_metrics, throughput
@@ -63,6 +64,7 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------------------
     def _build(self) -> tuple[int, str | None]:
         """Files, cluster, data, workers; resume if asked. Returns (start step, tracker run id)."""
+        claim_output_dir(self.out_dir, self.cfg.trainer.resume, self.cfg.trainer.overwrite)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.cfg = prepare_files(self.cfg)
         where = connect_for(self.cfg.ray, self.placement)
@@ -100,6 +102,11 @@ class Trainer:
                                   run_id=run_id, config=redact(config_to_dict(self.cfg)))
         self.run_id = trackers.run_id
         last: dict[str, float] = {}
+        if start >= t.total_steps:
+            trackers.close()
+            self.roles.shutdown()
+            raise NothingToDo(f"{self.out_dir}: the run is already at step {start} of trainer.total_steps="
+                              f"{t.total_steps}; nothing was trained (raise trainer.total_steps to continue it)")
         try:
             if start == 0 and t.eval_before_train and self.data.val is not None:
                 trackers.log(0, self.evaluate(0))

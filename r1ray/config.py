@@ -196,6 +196,8 @@ class TrainerConfig:
     eval_n: int = _f(1, "Samples per held-out prompt during evaluation.")
     eval_temperature: float = _f(0.0, "Sampling temperature for evaluation; 0 is greedy.")
     resume: str = _f("never", "'never', 'auto' (newest complete checkpoint in output_dir) or a checkpoint path.")
+    overwrite: bool = _f(False, "With resume=never, replace an earlier run in output_dir (its checkpoints, "
+                         "metrics.jsonl, tensorboard/); without it such a directory is refused.")
     startup_timeout_s: float = _f(300.0, "A worker group not ready after this long fails with the role named.")
     collective_timeout_s: float = _f(600.0, "Timeout of every torch.distributed collective (training and weight sync).")
 

@@ -198,11 +198,15 @@ def test_rerun_skips_completed_stages(pipeline):
     before = {name: (p.out / name / "STAGE_COMPLETE.json").read_text() for name in STAGE_DIRS}
     metrics = (p.out / "2_grpo" / "metrics.jsonl").read_text()
     again = r1ray(*p.args, cwd=p.root, timeout=300)
-    assert again.done.returncode == 0, again.done.stderr[-3000:]
+    # Nothing left to run: it says so and does not exit 0 as if it had trained.
+    assert again.done.returncode == 3, again.done.stderr[-3000:]
     log = again.done.stderr
     assert log.count("already complete; skipping") == len(STAGE_DIRS), log[-3000:]
     assert "Started a local Ray instance" not in log
-    assert SUMMARY.search(again.done.stdout)
+    assert log.strip().splitlines()[-1] == (f"nothing to do: all {len(STAGE_DIRS)} stages in {p.out} are already "
+                                            f"complete; nothing was run (raise trainer.total_steps to continue the "
+                                            f"GRPO stages, or choose a new trainer.output_dir)")
+    assert "done:" not in again.done.stdout
     assert {name: (p.out / name / "STAGE_COMPLETE.json").read_text() for name in STAGE_DIRS} == before
     assert (p.out / "2_grpo" / "metrics.jsonl").read_text() == metrics
     print(f"first run {p.run.seconds:.0f} s, rerun {again.seconds:.0f} s")

@@ -510,3 +510,25 @@ def test_no_reference_model_when_kl_is_zero_at_every_step() -> None:
     assert not uses_reference(with_kl(kl_placement="loss", kl_coef=0.0))
     assert uses_reference(with_kl(kl_placement="reward", kl_coef=0.0, kl_schedule="linear", kl_coef_final=0.01))
     assert not uses_reference(with_kl(kl_placement="loss", kl_coef=0.0, kl_schedule="constant", kl_coef_final=0.01))
+
+
+def test_a_fresh_run_refuses_an_output_dir_that_holds_another_run(tmp_path) -> None:
+    from r1ray.controller.checkpoint import claim_output_dir
+
+    out = tmp_path / "run"
+    claim_output_dir(out, "never", overwrite=False)                    # nothing there yet
+    (out / "checkpoints" / "step_000004").mkdir(parents=True)
+    (out / "checkpoints" / "step_000004" / "COMPLETE").write_text("ok\n")
+    (out / "metrics.jsonl").write_text('{"step": 4}\n')
+    (out / "data").mkdir()
+    with pytest.raises(ValueError) as info:
+        claim_output_dir(out, "never", overwrite=False)
+    assert str(info.value) == (f"trainer.output_dir {out}: already holds a run (checkpoints up to step_000004); continue "
+                               f"it with trainer.resume=auto, write elsewhere with trainer.output_dir=..., or replace "
+                               f"it with trainer.overwrite=true")
+    assert (out / "metrics.jsonl").read_text() == '{"step": 4}\n'      # nothing touched
+    claim_output_dir(out, "auto", overwrite=False)                     # resuming it is the point
+    claim_output_dir(out, "never", overwrite=True)
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+    assert (out / "data").is_dir()                                     # only the run's own outputs go
+    claim_output_dir(out, "never", overwrite=False)

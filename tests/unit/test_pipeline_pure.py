@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from r1ray.config import StageConfig, load_config
+from r1ray.config_load import NothingToDo
 from r1ray.controller import pipeline
 from r1ray.controller.cli_train import eval_summary
 from r1ray.controller.evaluate import eval_metrics
@@ -204,12 +205,39 @@ def test_a_restarted_pipeline_skips_finished_stages_and_carries_their_outputs(tm
     assert second.model == first.model and second.sft_data == first.sft_data and second.results == first.results
     assert caplog.text.count("already complete; skipping") == 4
 
-    # Everything complete: nothing runs.
+    # Everything complete: nothing runs, and the run says so instead of passing for a finished one.
     def refuse(*args):
         raise AssertionError("a complete stage ran again")
 
     monkeypatch.setattr(pipeline, "run_stage", refuse)
-    assert run_pipeline(cfg).results == first.results
+    with pytest.raises(NothingToDo, match=r"all 6 stages in .* are already complete; nothing was run"):
+        run_pipeline(cfg)
+
+
+def test_a_grpo_stage_given_more_steps_continues_and_later_stages_are_redone(tmp_path, monkeypatch, caplog):
+    """`trainer.total_steps=2` then `=4` on a finished pipeline: the GRPO stage resumes from its checkpoint
+    (resume=auto) instead of being skipped, and the stages after it, which used its old model, run again
+    from the new one (replacing their earlier outputs)."""
+    stages = "stages=[{name: cold_start, kind: sft}, {name: grpo, kind: grpo}, {name: rl2, kind: grpo}]"
+    monkeypatch.setattr(pipeline, "run_stage", FakeStages())
+    run_pipeline(base_config(tmp_path, stages, "trainer.total_steps=2"))
+    assert json.loads((tmp_path / "2_grpo" / MARKER).read_text())["total_steps"] == 2
+
+    fake = FakeStages()
+    monkeypatch.setattr(pipeline, "run_stage", fake)
+    with caplog.at_level(logging.INFO, logger="r1ray.controller.pipeline"):
+        run_pipeline(base_config(tmp_path, stages, "trainer.total_steps=4"))
+    assert [c[0] for c in fake.calls] == ["2_grpo", "3_rl2"]                   # the SFT stage is still done
+    grpo, rl2 = fake.calls[0][2], fake.calls[1][2]
+    assert grpo.trainer.resume == "auto" and grpo.trainer.total_steps == 4
+    assert rl2.trainer.resume == "never" and rl2.trainer.overwrite
+    assert "stage 2 (grpo) finished at step 2, trainer.total_steps is now 4: continuing it" in caplog.text
+    assert json.loads((tmp_path / "2_grpo" / MARKER).read_text())["total_steps"] == 4
+
+    # Fewer steps than it finished with: nothing to undo, so nothing runs.
+    monkeypatch.setattr(pipeline, "run_stage", FakeStages())
+    with pytest.raises(NothingToDo):
+        run_pipeline(base_config(tmp_path, stages, "trainer.total_steps=3"))
 
 
 def test_a_stage_without_a_name_is_named_by_its_kind(tmp_path, monkeypatch):
