@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from r1ray.config import R1RayConfig, StageConfig
-from r1ray.config_load import NothingToDo, config_from_dict, config_to_dict
+from r1ray.config_load import config_from_dict, config_to_dict
+from r1ray.errors import NothingToDo
 
 logger = logging.getLogger(__name__)
 

@@ -35,10 +35,16 @@ class Roles:
 
 
 def shutdown_groups(groups: list[WorkerGroup]) -> None:
-    """Close workers (process groups, subprocess pools), kill them, and free their placement groups."""
+    """Close workers (process groups, subprocess pools), kill them, and free their placement groups.
+
+    Runs in `finally` blocks after a failure too: a worker that died (the failure being reported) cannot
+    close, and re-raising its death here would print a second traceback over the first.
+    """
     for group in groups:
         try:
             group.call("shutdown")
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+            logger.debug("role '%s': a worker could not shut down cleanly: %s", group.role, exc)
         finally:
             group.kill()
     for pg in {id(s.placement_group): s.placement_group for g in groups for s in g.slots}.values():

@@ -7,6 +7,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +18,8 @@ import torch
 
 from r1ray.algos import kl_coef_schedule
 from r1ray.config import R1RayConfig
-from r1ray.config_load import NothingToDo, config_to_dict
+from r1ray.config_load import config_to_dict
+from r1ray.errors import NothingToDo, Stopped
 from r1ray.data.curriculum import CurriculumRule, CurriculumSource
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch, concat_batches
 from r1ray.evaluation import behaviour_rates
@@ -108,15 +112,19 @@ class Trainer:
             raise NothingToDo(f"{self.out_dir}: the run is already at step {start} of trainer.total_steps="
                               f"{t.total_steps}; nothing was trained (raise trainer.total_steps to continue it)")
         try:
-            if start == 0 and t.eval_before_train and self.data.val is not None:
-                trackers.log(0, self.evaluate(0))
-            for step in range(start + 1, t.total_steps + 1):
-                last = self.step(step)
-                if self.data.val is not None and t.eval_every and (step % t.eval_every == 0 or step == t.total_steps):
-                    last.update(self.evaluate(step))
-                trackers.log(step, last)
-                if step == t.total_steps or (t.save_every and step % t.save_every == 0):
-                    self.save(step)
+            with StopRequest() as stop:
+                if start == 0 and t.eval_before_train and self.data.val is not None:
+                    trackers.log(0, self.evaluate(0))
+                for step in range(start + 1, t.total_steps + 1):
+                    last = self.step(step)
+                    if self.data.val is not None and t.eval_every and (step % t.eval_every == 0 or step == t.total_steps):
+                        last.update(self.evaluate(step))
+                    trackers.log(step, last)
+                    if step == t.total_steps or (t.save_every and step % t.save_every == 0) or stop.requested:
+                        path = self.save(step)
+                    if stop.requested and step < t.total_steps:
+                        raise Stopped(f"{stop.requested} received: finished step {step} of {t.total_steps} and wrote "
+                                      f"{path}; continue with trainer.resume=auto")
         finally:
             trackers.close()
             self.roles.shutdown()
@@ -275,6 +283,34 @@ class Trainer:
         return self.checkpoints.save(
             state, write_actor=lambda d: self.roles.actor.call("save", str(d)), model_path=self.cfg.model.path,
             config_yaml=config_to_yaml_redacted(self.cfg))
+
+
+class StopRequest:
+    """SIGTERM (what Kubernetes sends a pod it preempts, and `ray job stop`) asks the loop to stop: the
+    current step finishes, a checkpoint is written and the run ends with `Stopped`. A second SIGTERM, or
+    one outside the loop, takes the default action (exit at once). Installed only in the main thread."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._installed = False
+        self._previous = None
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.requested = signal.Signals(signum).name
+        logger.warning("%s received: stopping after this step, with a checkpoint", self.requested)
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
 
 
 def sampler_gap(rollout: RolloutBatch) -> float:

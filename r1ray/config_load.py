@@ -21,11 +21,6 @@ from omegaconf.errors import OmegaConfBaseException
 from r1ray.config import R1RayConfig
 
 
-class NothingToDo(Exception):
-    """The command would do nothing (every stage finished, a run already at total_steps); the message says
-    so and how to get work done. The CLI exits with EXIT_NOTHING_TO_DO, never 0."""
-
-
 class ConfigError(ValueError):
     """One or more configuration problems; `problems` holds one line each."""
 

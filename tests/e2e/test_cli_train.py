@@ -92,3 +92,39 @@ def test_quickstart_grpo_with_vllm_rollout_on_cpu(tmp_path):
         assert row["rollout/logprob_gap"] < 0.01, row["rollout/logprob_gap"]
     assert steps[0]["actor/kl"] == pytest.approx(0.0, abs=1e-6) and steps[-1]["actor/kl"] > 0
     assert "eval/pass@1" in rows[0] and "eval/pass@1" in steps[-1]
+
+
+@pytest.mark.timeout(420)
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_143(tmp_path):
+    """What Kubernetes sends a preempted pod: the run stops after the current step with a complete
+    checkpoint and one line saying where, instead of dying with a stack dump and nothing saved."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    exe = shutil.which("r1ray")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([exe, "train", "--config", str(QUICKSTART), "stages=[]", "trainer.total_steps=500",
+                             "trainer.save_every=0", "trainer.eval_before_train=false", "trainer.eval_every=0",
+                             f"trainer.output_dir={out}", f"model.path={tmp_path / 'model'}", "logging.console=false"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    last = steps[-1]
+    assert steps == list(range(1, last + 1)) and last < 500
+    checkpoint = out / "checkpoints" / f"step_{last:06d}"
+    assert (checkpoint / "COMPLETE").is_file()
+    # (Ray's worker log lines may come after it on stderr.)
+    assert [line for line in err.splitlines() if line.startswith("stopped:")] == [
+        f"stopped: SIGTERM received: finished step {last} of 500 and wrote {checkpoint}; continue with "
+        f"trainer.resume=auto"]
+    assert "Traceback" not in err and "*** SIGTERM received" not in err

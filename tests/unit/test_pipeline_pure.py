@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from r1ray.config import StageConfig, load_config
-from r1ray.config_load import NothingToDo
+from r1ray.errors import NothingToDo
 from r1ray.controller import pipeline
 from r1ray.controller.cli_train import eval_summary
 from r1ray.controller.evaluate import eval_metrics

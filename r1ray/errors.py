@@ -1,0 +1,13 @@
+"""Outcomes of a command that are not crashes, each with its own exit code in the CLI."""
+
+from __future__ import annotations
+
+
+class NothingToDo(Exception):
+    """The command would do nothing (every stage finished, a run already at total_steps); the message says
+    so and how to get work done. The CLI exits with EXIT_NOTHING_TO_DO, never 0."""
+
+
+class Stopped(Exception):
+    """The run was asked to stop (SIGTERM: a preempted pod, a cancelled job) and stopped after a step with
+    a checkpoint; the message names the step and the checkpoint. The CLI exits with EXIT_STOPPED."""
