@@ -250,8 +250,9 @@ def _trainer_rules(cfg: R1RayConfig) -> list[str]:
         problems.append("trainer.total_steps: must be >= 1")
     if t.save_every < 0 or t.eval_every < 0 or t.keep_checkpoints < 1:
         problems.append("trainer.save_every/eval_every must be >= 0 and keep_checkpoints >= 1")
-    if t.resume not in ("never", "auto") and not Path(t.resume).is_dir():
-        problems.append(f"trainer.resume: '{t.resume}' is neither 'never', 'auto' nor an existing checkpoint directory")
+    if t.resume not in ("never", "auto") and not (Path(t.resume) / "COMPLETE").is_file():
+        problems.append(f"trainer.resume: '{t.resume}' is neither 'never', 'auto' nor a complete checkpoint "
+                        f"(a <output_dir>/checkpoints/step_* directory with its COMPLETE marker)")
     if t.eval_n < 1:
         problems.append("trainer.eval_n: must be >= 1")
     return problems
