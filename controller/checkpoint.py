@@ -6,8 +6,11 @@ Layout of `<output_dir>/checkpoints/step_000010/`:
     trainer_state.json   step, data sampler position, tracker run id
     rng.pt               controller RNG states (python, numpy, torch)
     config.yaml          the resolved config, secrets redacted
+    MANIFEST.json        every file above with its size, so that a damaged checkpoint is recognised
     COMPLETE             written last, before the rename
-A directory without COMPLETE, or still under its `.tmp-` name, is never loaded.
+A directory without COMPLETE, or still under its `.tmp-` name, is never loaded; resume=auto passes over a
+complete one whose files no longer match its manifest (a deleted shard, a truncated file) to the one
+before it, and says so.
 """
 
 from __future__ import annotations
@@ -30,6 +33,32 @@ from r1ray.models.export import copy_model_files
 logger = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
+MANIFEST = "MANIFEST.json"
+# What any loadable checkpoint holds, also one written before manifests existed.
+REQUIRED = ("trainer_state.json", "rng.pt", "actor")
+
+
+def damage(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be loaded, or None when it can."""
+    if not (path / "COMPLETE").is_file():
+        return "no COMPLETE marker"
+    missing = [name for name in REQUIRED if not (path / name).exists()]
+    if missing:
+        return f"{missing[0]} is missing"
+    try:
+        TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+    except (ValueError, TypeError) as exc:
+        return f"trainer_state.json is unreadable ({exc})"
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return None                       # written before manifests: the required files are there
+    for name, size in json.loads(manifest.read_text()).items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, {size} were written"
+    return None
 
 
 @dataclass
@@ -67,6 +96,8 @@ class CheckpointManager:
         (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__, indent=2))
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / "config.yaml").write_text(config_yaml)
+        sizes = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps(sizes, indent=1))
         (tmp / "COMPLETE").write_text("ok\n")
         if final.exists():
             shutil.rmtree(final)
@@ -86,6 +117,15 @@ class CheckpointManager:
     def latest(self) -> Path | None:
         done = self.complete()
         return done[-1] if done else None
+
+    def latest_loadable(self) -> Path | None:
+        """The newest complete checkpoint that is not damaged; each damaged one passed over is logged."""
+        for path in reversed(self.complete()):
+            problem = damage(path)
+            if problem is None:
+                return path
+            logger.warning("checkpoint %s is damaged (%s); trying the one before it", path, problem)
+        return None
 
     def _prune(self) -> None:
         for old in self.complete()[:-self.keep]:
@@ -133,5 +173,9 @@ def read_checkpoint(path: Path) -> tuple[TrainerState, dict[str, Any]]:
     if not (path / "COMPLETE").is_file():
         raise FileNotFoundError(f"{path}: not a complete r1ray checkpoint (no COMPLETE marker); "
                                 f"pass a step_* directory under <output_dir>/checkpoints")
+    problem = damage(path)
+    if problem is not None:
+        raise FileNotFoundError(f"{path}: damaged checkpoint ({problem}); resume from an earlier step_* "
+                                f"directory, or use trainer.resume=auto to take the newest undamaged one")
     state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
     return state, torch.load(path / "rng.pt", weights_only=False)

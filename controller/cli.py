@@ -167,9 +167,10 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from r1ray.data import DataError
     from r1ray.env_check import TorchCompanionError
 
+    from r1ray.errors import NonFiniteUpdates
     from r1ray.rewards.spec import RewardFailure
 
-    return (UserError, ConfigError, DataError, TorchCompanionError, RewardFailure, ConnectionError, FileNotFoundError,
+    return (UserError, ConfigError, DataError, TorchCompanionError, RewardFailure, NonFiniteUpdates, ConnectionError, FileNotFoundError,
             ValueError)
 
 

@@ -19,7 +19,7 @@ import torch
 from r1ray.algos import kl_coef_schedule
 from r1ray.config import R1RayConfig
 from r1ray.config_load import config_to_dict
-from r1ray.errors import NothingToDo, Stopped
+from r1ray.errors import NonFiniteUpdates, NothingToDo, Stopped
 from r1ray.data.curriculum import CurriculumRule, CurriculumSource
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch, concat_batches
 from r1ray.evaluation import behaviour_rates
@@ -64,6 +64,7 @@ class Trainer:
         # get the actor's weights (resumed or not) before they first generate.
         self.weights_stale = True
         self.failed_steps = 0                # steps in a row in which no sample got a score
+        self.skipped_updates = 0             # updates in a row whose every optimizer step was skipped
 
     # ---- setup -------------------------------------------------------------------------------------
     def _build(self) -> tuple[int, str | None]:
@@ -85,8 +86,12 @@ class Trainer:
 
     def _maybe_resume(self) -> tuple[int, str | None]:
         resume = self.cfg.trainer.resume
-        path = self.checkpoints.latest() if resume == "auto" else (Path(resume) if resume != "never" else None)
+        path = self.checkpoints.latest_loadable() if resume == "auto" else (Path(resume) if resume != "never" else None)
         if path is None:
+            if resume == "auto" and self.checkpoints.complete():
+                # Starting over would overwrite the run's metrics with a new run's: refuse instead.
+                raise FileNotFoundError(f"trainer.resume=auto: every checkpoint in {self.checkpoints.root} is "
+                                        f"damaged (see the warnings above); nothing was trained")
             if resume == "auto":
                 logger.info("trainer.resume=auto: no complete checkpoint in %s, starting fresh", self.checkpoints.root)
             return 0, None
@@ -233,6 +238,8 @@ class Trainer:
         if self.colocated:
             roles.actor.offload()
         self.weights_stale = True
+        self.skipped_updates = watch_skipped(self.skipped_updates, metrics, a.ppo_epochs * a.mini_batches,
+                                             self.cfg.actor.max_skipped_steps)
         return metrics
 
     def generate(self, prompts: PromptBatch, sampling: SamplingParams, timer: StageTimer | None = None) -> RolloutBatch:
@@ -283,6 +290,19 @@ class Trainer:
         return self.checkpoints.save(
             state, write_actor=lambda d: self.roles.actor.call("save", str(d)), model_path=self.cfg.model.path,
             config_yaml=config_to_yaml_redacted(self.cfg))
+
+
+def watch_skipped(in_a_row: int, metrics: dict[str, float], optimizer_steps: int, limit: int) -> int:
+    """Updates in a row whose every optimizer step was skipped for a non-finite gradient (the engine keeps
+    the weights then); NonFiniteUpdates at `limit`, since such a run learns nothing."""
+    skipped = metrics.get("actor/skipped_steps", 0.0)
+    in_a_row = in_a_row + 1 if skipped >= optimizer_steps else 0
+    if in_a_row >= limit:
+        raise NonFiniteUpdates(f"actor: the loss or gradient norm was not finite (last grad norm "
+                               f"{metrics.get('actor/grad_norm', float('nan'))}) in every optimizer step of {limit} "
+                               f"updates in a row, so nothing was learned; lower actor.lr, check the rewards and "
+                               f"model.dtype, or raise actor.max_skipped_steps")
+    return in_a_row
 
 
 class StopRequest:

@@ -150,6 +150,8 @@ class ActorConfig:
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     zero_stage: int = _f(3, "DeepSpeed ZeRO stage (engine=deepspeed).")
     cpu_offload: bool = _f(False, "Offload parameters and optimizer state to CPU.")
+    max_skipped_steps: int = _f(5, "Stop the run after this many updates in a row whose every optimizer step was "
+                                "skipped for a non-finite (NaN/inf) loss or gradient norm.")
 
 
 @dataclass(frozen=True)

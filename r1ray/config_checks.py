@@ -230,6 +230,8 @@ def _optimizer_rules(cfg: R1RayConfig) -> list[str]:
         problems.append(f"actor.lr: {a.lr} must be a positive learning rate, e.g. 1e-6")
     if not (math.isfinite(cfg.sft.lr) and cfg.sft.lr >= 0):
         problems.append(f"sft.lr: {cfg.sft.lr} must be >= 0 (0 uses actor.lr)")
+    if a.max_skipped_steps < 1:
+        problems.append("actor.max_skipped_steps: must be >= 1")
     if a.weight_decay < 0 or a.grad_clip < 0:
         problems.append("actor.weight_decay/grad_clip: must be >= 0")
     return problems

@@ -8,6 +8,10 @@ class NothingToDo(Exception):
     so and how to get work done. The CLI exits with EXIT_NOTHING_TO_DO, never 0."""
 
 
+class NonFiniteUpdates(RuntimeError):
+    """Every optimizer step of actor.max_skipped_steps updates in a row had a non-finite gradient norm."""
+
+
 class Stopped(Exception):
     """The run was asked to stop (SIGTERM: a preempted pod, a cancelled job) and stopped after a step with
     a checkpoint; the message names the step and the checkpoint. The CLI exits with EXIT_STOPPED."""

@@ -39,7 +39,8 @@ class ActorWorker(PolicyWorker):
                 for key, value in self.engine.train_step(mini, loss_fn, temperature).items():
                     totals[key] = totals.get(key, 0.0) + value
                 steps += 1
-        return {key: value / steps for key, value in totals.items()}
+        # Counts stay counts (optimizer steps skipped for a non-finite gradient); the rest are means.
+        return {key: value if key == "actor/skipped_steps" else value / steps for key, value in totals.items()}
 
     def sft_update(self, batch: TrainBatch) -> dict[str, float]:
         """One SFT optimizer step (response-token NLL) on this rank's share of the batch."""

@@ -82,3 +82,25 @@ def test_packed_and_padded_micro_batches_give_the_same_logprobs_and_update(actor
         assert got["actor/grad_norm"] == pytest.approx(want["actor/grad_norm"], rel=1e-5)
     for name, tensor in ar.updated.items():
         assert torch.allclose(after[name], tensor, rtol=0, atol=ar.cfg.actor.lr / 10), name
+
+
+def test_a_non_finite_loss_skips_the_step_and_leaves_the_weights(actor_rollout):
+    """NaN advantages make the loss and every gradient NaN: the engine skips the optimizer step (counted in
+    actor/skipped_steps) and the weights stay as they were, instead of turning to NaN."""
+    from dataclasses import replace
+
+    ar = actor_rollout
+    group = ar.start_actor()
+    try:
+        before = group.call("full_weights")[0]
+        poisoned = replace(ar.batch, advantages=torch.full_like(ar.batch.advantages, float("nan")))
+        bad = ray.get(group.scatter_async("update", poisoned, temperature=1.0, kl_coef=0.0, mini_batches=1,
+                                          ppo_epochs=1))
+        after_bad = group.call("full_weights")[0]
+        good = ray.get(group.scatter_async("update", ar.batch, temperature=1.0, kl_coef=0.0, mini_batches=1,
+                                           ppo_epochs=1))
+    finally:
+        ar.stop(group)
+    assert all(m["actor/skipped_steps"] == 1.0 and not math.isfinite(m["actor/grad_norm"]) for m in bad)
+    assert all(torch.equal(after_bad[name], tensor) for name, tensor in before.items())
+    assert all(m["actor/skipped_steps"] == 0.0 and math.isfinite(m["actor/grad_norm"]) for m in good)

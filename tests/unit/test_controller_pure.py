@@ -532,3 +532,49 @@ def test_a_fresh_run_refuses_an_output_dir_that_holds_another_run(tmp_path) -> N
     assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
     assert (out / "data").is_dir()                                     # only the run's own outputs go
     claim_output_dir(out, "never", overwrite=False)
+
+
+def test_resume_passes_over_damaged_checkpoints_to_the_previous_complete_one(tmp_path, caplog) -> None:
+    """A deleted shard, a truncated file, a missing trainer_state.json, a bare COMPLETE marker: each is named,
+    and the newest checkpoint without damage is the one resumed from."""
+    import logging
+
+    from r1ray.controller.checkpoint import damage
+
+    manager = CheckpointManager(tmp_path / "checkpoints", keep=10)
+
+    def write_actor(d: Path) -> None:
+        d.mkdir(parents=True)
+        for rank in range(2):
+            (d / f"__{rank}_0.distcp").write_bytes(b"x" * 100)
+
+    paths = [manager.save(TrainerState(step=s, sampler={"epoch": 0, "position": s}, run_id="r"),
+                          write_actor=write_actor, model_path=str(tmp_path / "none"), config_yaml="{}\n")
+             for s in (1, 2, 3, 4)]
+    assert all(damage(p) is None for p in paths) and manager.latest_loadable() == paths[-1]
+    (paths[3] / "actor" / "__1_0.distcp").unlink()                       # a shard deleted
+    (paths[2] / "actor" / "__0_0.distcp").write_bytes(b"x" * 10)         # a file truncated
+    (paths[1] / "trainer_state.json").unlink()                           # the state missing
+    fake = tmp_path / "checkpoints" / "step_000005"                      # a marker and nothing else
+    fake.mkdir()
+    (fake / "COMPLETE").write_text("ok\n")
+    with caplog.at_level(logging.WARNING, logger="r1ray.controller.checkpoint"):
+        assert manager.latest_loadable() == paths[0]
+    assert "step_000005 is damaged (trainer_state.json is missing)" in caplog.text
+    assert "step_000004 is damaged (actor/__1_0.distcp is missing)" in caplog.text
+    assert "step_000003 is damaged (actor/__0_0.distcp has 10 bytes, 100 were written)" in caplog.text
+    with pytest.raises(FileNotFoundError, match=r"damaged checkpoint \(actor/__1_0.distcp is missing\)"):
+        read_checkpoint(paths[3])
+    assert read_checkpoint(paths[0])[0].step == 1
+
+
+def test_updates_that_skip_every_optimizer_step_stop_the_run_after_the_limit() -> None:
+    from r1ray.controller.trainer import watch_skipped
+    from r1ray.errors import NonFiniteUpdates
+
+    nan = {"actor/skipped_steps": 2.0, "actor/grad_norm": float("nan")}
+    assert watch_skipped(0, nan, optimizer_steps=2, limit=3) == 1
+    assert watch_skipped(1, {"actor/skipped_steps": 1.0}, optimizer_steps=2, limit=3) == 0   # one step was taken
+    assert watch_skipped(1, nan, optimizer_steps=2, limit=3) == 2
+    with pytest.raises(NonFiniteUpdates, match=r"not finite \(last grad norm nan\) in every optimizer step of 3 updates"):
+        watch_skipped(2, nan, optimizer_steps=2, limit=3)

@@ -184,7 +184,8 @@ class FSDP2Engine:
         grad_norm = self._clip_and_step()
         real = max(1, sum(m is not None for m in micro_batches))
         out = {key: value / real for key, value in totals.items()}
-        out.update({"actor/grad_norm": grad_norm, "actor/lr": self.scheduler.get_last_lr()[0]})
+        out.update({"actor/grad_norm": grad_norm, "actor/lr": self.scheduler.get_last_lr()[0],
+                    "actor/skipped_steps": 0.0 if math.isfinite(grad_norm) else 1.0})
         return out
 
     def _clip_and_step(self) -> float:
@@ -194,6 +195,7 @@ class FSDP2Engine:
         if torch.isfinite(norm):
             self.optimizer.step()
         else:
+            # A NaN/inf loss or gradient would poison the weights and Adam's moments for good.
             logger.warning("non-finite gradient norm %s: optimizer step skipped", float(norm))
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
