@@ -60,6 +60,18 @@ def sync_world_size(engines: Sequence[EngineSlot], tp: int) -> int:
     return 1 + len(engines) * tp
 
 
+def client_threads(spec: RolloutSpec) -> dict[str, str]:
+    """A vLLM rollout worker is only the engine's client: one OpenMP thread, from process start.
+
+    vLLM forks its engine-core process from this one, and OpenMP's thread count comes from the
+    environment of the process start (torch.set_num_threads changes only the calling thread): with two
+    threads on a 2-core machine the engine core's small torch ops waited on threads descheduled by vLLM's
+    busy-polling processes, and the quickstart's generation took 3.2 s a step instead of 0.25 s. vLLM's
+    compute threads are set from its CPU binding (`vllm_rollout`), not from this.
+    """
+    return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if spec.engine == "vllm" else {}
+
+
 class RolloutGroup(WorkerGroup):
     def __init__(self, engines: Sequence[EngineSlot], spec: RolloutSpec, *, startup_timeout_s: float,
                  collective_timeout_s: float, worker_cls: type = RolloutWorker):
@@ -67,7 +79,7 @@ class RolloutGroup(WorkerGroup):
         super().__init__("rollout", worker_cls, [e.slot for e in engines], startup_timeout_s=startup_timeout_s,
                          collective_timeout_s=collective_timeout_s, distributed=False,
                          per_rank_kwargs=[dict(bundle_indices=e.bundle_indices) for e in engines],
-                         init_kwargs=dict(spec=spec))
+                         init_kwargs=dict(spec=spec), env_vars=client_threads(spec))
 
     def generate_async(self, prompts: PromptBatch, sampling: SamplingParams) -> list[ray.ObjectRef]:
         """Prompts spread over the engines (contiguous shares)."""
