@@ -24,7 +24,7 @@ from r1ray.controller.roles import engine_spec, loss_settings
 from r1ray.protocol import split_batch
 from r1ray.workers.actor import ActorWorker
 from r1ray.workers.base import Worker, default_group_backend, free_port
-from r1ray.workers.engines.packing import forward_response, pack_for_forward
+from r1ray.workers.engines.packing import forward_response, pad_for_forward
 from r1ray.workers.group import WorkerGroup
 from r1ray.workers.placement import Placement, ResourcePool
 
@@ -106,12 +106,13 @@ def _assert_holds_the_checkpoint(held: list[dict], plain: torch.nn.Module) -> No
 
 
 def _plain_logprobs(plain: torch.nn.Module, batch, world_size: int) -> torch.Tensor:
-    """What each rank computes for its share of `batch` (one micro-batch each), with a plain HF model."""
+    """What each rank computes for its share of `batch` (one micro-batch each, padded: the layout of the
+    engine with sdpa), with a plain HF model."""
     rows = []
     with torch.no_grad():
         for part in split_batch(batch, world_size):
-            packed = pack_for_forward(part.tokens, part.cu_seqlens, part.prompt_lens, part.response_mask.shape[1])
-            rows.append(forward_response(plain, packed, torch.device("cpu"), 1.0, False)[0])
+            padded = pad_for_forward(part.tokens, part.cu_seqlens, part.prompt_lens, part.response_mask.shape[1])
+            rows.append(forward_response(plain, padded, torch.device("cpu"), 1.0, False)[0])
     return torch.cat(rows)
 
 
