@@ -154,7 +154,10 @@ def claim_output_dir(out_dir: Path, resume: str, overwrite: bool) -> None:
         logger.warning("trainer.overwrite=true: removing the earlier run in %s (%s)", out_dir, ", ".join(found))
         for name in found:
             target = out_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
         return
     held = f"checkpoints up to {steps[-1].name}" if steps else ", ".join(found)
     raise ValueError(f"trainer.output_dir {out_dir}: already holds a run ({held}); continue it with "

@@ -7,9 +7,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +16,7 @@ import torch
 from r1ray.algos import kl_coef_schedule
 from r1ray.config import R1RayConfig
 from r1ray.config_load import config_to_dict
-from r1ray.errors import NonFiniteUpdates, NothingToDo, Stopped
+from r1ray.errors import NothingToDo, Stopped
 from r1ray.data.curriculum import CurriculumRule, CurriculumSource
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch, concat_batches
 from r1ray.evaluation import behaviour_rates
@@ -41,6 +38,7 @@ from r1ray.controller.run_setup import Datasets, build_datasets, prepare_files, 
 from r1ray.controller.schedule import groups_unit, response_budget
 from r1ray.controller.tracking import Trackers
 from r1ray.controller.redact import redact
+from r1ray.controller.run_guards import StopRequest, watch_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +109,10 @@ class Trainer:
                                   run_id=run_id, config=redact(config_to_dict(self.cfg)))
         self.run_id = trackers.run_id
         last: dict[str, float] = {}
-        if start >= t.total_steps:
-            trackers.close()
-            self.roles.shutdown()
-            raise NothingToDo(f"{self.out_dir}: the run is already at step {start} of trainer.total_steps="
-                              f"{t.total_steps}; nothing was trained (raise trainer.total_steps to continue it)")
         try:
+            if start >= t.total_steps:
+                raise NothingToDo(f"{self.out_dir}: the run is already at step {start} of trainer.total_steps="
+                                  f"{t.total_steps}; nothing was trained (raise trainer.total_steps to continue it)")
             with StopRequest() as stop:
                 if start == 0 and t.eval_before_train and self.data.val is not None:
                     trackers.log(0, self.evaluate(0))
@@ -290,47 +286,6 @@ class Trainer:
         return self.checkpoints.save(
             state, write_actor=lambda d: self.roles.actor.call("save", str(d)), model_path=self.cfg.model.path,
             config_yaml=config_to_yaml_redacted(self.cfg))
-
-
-def watch_skipped(in_a_row: int, metrics: dict[str, float], optimizer_steps: int, limit: int) -> int:
-    """Updates in a row whose every optimizer step was skipped for a non-finite gradient (the engine keeps
-    the weights then); NonFiniteUpdates at `limit`, since such a run learns nothing."""
-    skipped = metrics.get("actor/skipped_steps", 0.0)
-    in_a_row = in_a_row + 1 if skipped >= optimizer_steps else 0
-    if in_a_row >= limit:
-        raise NonFiniteUpdates(f"actor: the loss or gradient norm was not finite (last grad norm "
-                               f"{metrics.get('actor/grad_norm', float('nan'))}) in every optimizer step of {limit} "
-                               f"updates in a row, so nothing was learned; lower actor.lr, check the rewards and "
-                               f"model.dtype, or raise actor.max_skipped_steps")
-    return in_a_row
-
-
-class StopRequest:
-    """SIGTERM (what Kubernetes sends a pod it preempts, and `ray job stop`) asks the loop to stop: the
-    current step finishes, a checkpoint is written and the run ends with `Stopped`. A second SIGTERM, or
-    one outside the loop, takes the default action (exit at once). Installed only in the main thread."""
-
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self._installed = False
-        self._previous = None
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-            self._installed = True
-        return self
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.requested:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-        self.requested = signal.Signals(signum).name
-        logger.warning("%s received: stopping after this step, with a checkpoint", self.requested)
-
-    def __exit__(self, *exc) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
 
 
 def sampler_gap(rollout: RolloutBatch) -> float:

@@ -569,7 +569,7 @@ def test_resume_passes_over_damaged_checkpoints_to_the_previous_complete_one(tmp
 
 
 def test_updates_that_skip_every_optimizer_step_stop_the_run_after_the_limit() -> None:
-    from r1ray.controller.trainer import watch_skipped
+    from r1ray.controller.run_guards import watch_skipped
     from r1ray.errors import NonFiniteUpdates
 
     nan = {"actor/skipped_steps": 2.0, "actor/grad_norm": float("nan")}
