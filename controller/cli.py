@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from r1ray.errors import NothingToDo, Stopped
+from r1ray.errors import NothingToDo, Stopped, WorkerFailure
 from r1ray.controller.cli_deploy import add_deploy_commands
 
 EXIT_USAGE = 2
 EXIT_NOTHING_TO_DO = 3     # the command found its work already done (say so; never exit 0 as if it had run)
+EXIT_WORKER_FAILURE = 1     # a worker died, raised or hung, and no restart was left (the message names it)
 EXIT_STOPPED = 143         # stopped by SIGTERM after a checkpoint (128 + 15, what a shell reports)
 # Commands that load a model through transformers, which imports torchvision when it is installed.
 LOADS_MODELS = ("train", "sft", "sample", "eval", "export", "model")
@@ -196,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Stopped as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return EXIT_STOPPED
+    except WorkerFailure as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_WORKER_FAILURE
     except _user_error_types() as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"error: {line}", file=sys.stderr)

@@ -47,7 +47,9 @@ class JsonlTracker:
     def __init__(self, path: Path, start_step: int):
         self.path = path
         if path.exists():
-            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= start_step]
+            # A run from step 0 (fresh, or restarted before its first checkpoint) keeps nothing: its step 0
+            # is the evaluation before training, logged again.
+            kept = [line for line in path.read_text().splitlines() if start_step and _step_of(line) <= start_step]
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, path)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from r1ray.algos import kl_coef_schedule
 from r1ray.config import R1RayConfig
 from r1ray.config_load import config_to_dict
-from r1ray.errors import NothingToDo, Stopped
+from r1ray.errors import NothingToDo, Stopped, WorkerFailure
 from r1ray.data.curriculum import CurriculumRule, CurriculumSource
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch, concat_batches
 from r1ray.evaluation import behaviour_rates
@@ -28,7 +29,7 @@ from r1ray.workers.fingerprint import WeightSyncError, verify_fingerprints
 from r1ray.controller.advantage import (build_train_batch, keep_rows, logprob_view, scores_tensor, select_groups,
                                         shaped_scores)
 from r1ray.controller.checkpoint import (CheckpointManager, TrainerState, claim_output_dir, read_checkpoint,
-                                        restore_rng)
+                                        restore_rng, rng_state)
 from r1ray.controller.evaluate import evaluate_dataset, training_eval_sampling
 from r1ray.controller.inference import correct_flags
 from r1ray.controller.metrics import StageTimer, mean_over_ranks, rollout_metrics, throughput
@@ -38,6 +39,7 @@ from r1ray.controller.run_setup import Datasets, build_datasets, prepare_files, 
 from r1ray.controller.schedule import groups_unit, response_budget
 from r1ray.controller.tracking import Trackers
 from r1ray.controller.redact import redact
+from r1ray.controller.restarts import RESTARTABLE, describe_failure
 from r1ray.controller.run_guards import StopRequest, watch_skipped
 
 logger = logging.getLogger(__name__)
@@ -63,56 +65,98 @@ class Trainer:
         self.weights_stale = True
         self.failed_steps = 0                # steps in a row in which no sample got a score
         self.skipped_updates = 0             # updates in a row whose every optimizer step was skipped
+        self.run_id: str | None = None       # the trackers' run, kept across restarts
+        self.initial_rng: dict | None = None
+        self.ended_groups: list = []         # the last attempt's groups, after shutdown
 
     # ---- setup -------------------------------------------------------------------------------------
     def _build(self) -> tuple[int, str | None]:
         """Files, cluster, data, workers; resume if asked. Returns (start step, tracker run id)."""
+        self._prepare()
+        return self._start(self.cfg.trainer.resume)
+
+    def _prepare(self) -> None:
+        """What a run sets up once, before any worker starts: output dir, files, cluster, data."""
         claim_output_dir(self.out_dir, self.cfg.trainer.resume, self.cfg.trainer.overwrite)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.cfg = prepare_files(self.cfg)
         where = connect_for(self.cfg.ray, self.placement)
         logger.info("ray: %s", where)
         self.data = build_datasets(self.cfg)
+        self.initial_rng = rng_state()       # a restart before the first checkpoint starts from it again
+
+    def _start(self, resume: str) -> tuple[int, str | None]:
+        """Workers, the prompt sampler and the state to go on from: the checkpoint `resume` names, or the
+        run's beginning. Returns (start step, tracker run id). Called again by each restart."""
+        path = self._resume_path(resume)
+        state, rng = read_checkpoint(path) if path else (None, self.initial_rng)
+        t = self.cfg.trainer
+        if state is not None and state.step >= t.total_steps:
+            raise NothingToDo(f"{self.out_dir}: the run is already at step {state.step} of trainer.total_steps="
+                              f"{t.total_steps}; nothing was trained (raise trainer.total_steps to continue it)")
         cur = self.cfg.data.curriculum
         self.sampler = CurriculumSource(
-            self.data.levels, self.cfg.data.prompts_per_step, seed=self.cfg.trainer.seed, shuffle=self.cfg.data.shuffle,
+            self.data.levels, self.cfg.data.prompts_per_step, seed=t.seed, shuffle=self.cfg.data.shuffle,
             rule=CurriculumRule(tuple(cur.advance_at_steps), cur.advance_at_accuracy, cur.window))
         self.roles = build_roles(self.cfg, self.placement)
         self.manifest = self.roles.actor.weight_manifest(self.cfg.model.dtype)
-        start, run_id = self._maybe_resume()
-        return start, run_id
-
-    def _maybe_resume(self) -> tuple[int, str | None]:
-        resume = self.cfg.trainer.resume
-        path = self.checkpoints.latest_loadable() if resume == "auto" else (Path(resume) if resume != "never" else None)
-        if path is None:
-            if resume == "auto" and self.checkpoints.complete():
-                # Starting over would overwrite the run's metrics with a new run's: refuse instead.
-                raise FileNotFoundError(f"trainer.resume=auto: every checkpoint in {self.checkpoints.root} is "
-                                        f"damaged (see the warnings above); nothing was trained")
-            if resume == "auto":
-                logger.info("trainer.resume=auto: no complete checkpoint in %s, starting fresh", self.checkpoints.root)
-            return 0, None
-        state, rng = read_checkpoint(path)
+        self.weights_stale, self.failed_steps, self.skipped_updates = True, 0, 0
+        restore_rng(rng)
+        if state is None:
+            return 0, self.run_id
         self.roles.actor.call("load", str(path / "actor"))
         self.sampler.load_state_dict(state.sampler)
-        restore_rng(rng)
         logger.info("resumed from %s at step %d", path, state.step)
         return state.step, state.run_id
 
+    def _resume_path(self, resume: str) -> Path | None:
+        if resume == "never":
+            return None
+        if resume != "auto":
+            return Path(resume)
+        path = self.checkpoints.latest_loadable()
+        if path is None and self.checkpoints.complete():
+            # Starting over would overwrite the run's metrics with a new run's: refuse instead.
+            raise FileNotFoundError(f"trainer.resume=auto: every checkpoint in {self.checkpoints.root} is "
+                                    f"damaged (see the warnings above); nothing was trained")
+        if path is None:
+            logger.info("trainer.resume=auto: no complete checkpoint in %s, starting fresh", self.checkpoints.root)
+        return path
+
     # ---- the loop ----------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
-        """Run to trainer.total_steps; returns the last step's metrics."""
-        start, run_id = self._build()
+        """Run to trainer.total_steps; returns the last step's metrics.
+
+        A worker failure (see `restarts`) tears the groups down and starts them again from the newest
+        complete checkpoint (or the run's beginning), up to trainer.max_restarts times; metrics.jsonl is
+        cut back to that checkpoint, so every step appears once. Then WorkerFailure names the worker."""
+        self._prepare()
+        resume, limit = self.cfg.trainer.resume, self.cfg.trainer.max_restarts
+        for restart in range(limit + 1):
+            try:
+                return self._run(resume)
+            except RESTARTABLE as exc:
+                failure = describe_failure(exc, self.ended_groups)
+                if restart == limit:
+                    advice = ("trainer.max_restarts=0: set it above 0 to restart the workers from the newest "
+                              "checkpoint" if limit == 0 else f"gave up after {limit} restart(s)")
+                    raise WorkerFailure(f"{failure}; {advice}") from exc
+                # Go on from the newest complete checkpoint of this run, else where the run started.
+                resume = "auto" if self.checkpoints.latest_loadable() else resume
+                logger.warning("worker failure: %s; restart %d of %d from %s", failure, restart + 1, limit,
+                               self.checkpoints.latest_loadable() or "the run's start")
+        raise AssertionError("unreachable")
+
+    def _run(self, resume: str) -> dict[str, float]:
+        """One attempt: workers up, resume, steps to the end; the groups are shut down however it ends."""
         t = self.cfg.trainer
-        trackers = Trackers.build(self.cfg.logging, self.out_dir, total_steps=t.total_steps, start_step=start,
-                                  run_id=run_id, config=redact(config_to_dict(self.cfg)))
-        self.run_id = trackers.run_id
+        trackers = None
         last: dict[str, float] = {}
         try:
-            if start >= t.total_steps:
-                raise NothingToDo(f"{self.out_dir}: the run is already at step {start} of trainer.total_steps="
-                                  f"{t.total_steps}; nothing was trained (raise trainer.total_steps to continue it)")
+            start, run_id = self._start(resume)
+            trackers = Trackers.build(self.cfg.logging, self.out_dir, total_steps=t.total_steps, start_step=start,
+                                      run_id=run_id, config=redact(config_to_dict(self.cfg)))
+            self.run_id = trackers.run_id
             with StopRequest() as stop:
                 if start == 0 and t.eval_before_train and self.data.val is not None:
                     trackers.log(0, self.evaluate(0))
@@ -127,8 +171,11 @@ class Trainer:
                         raise Stopped(f"{stop.requested} received: finished step {step} of {t.total_steps} and wrote "
                                       f"{path}; continue with trainer.resume=auto")
         finally:
-            trackers.close()
-            self.roles.shutdown()
+            if trackers is not None:
+                trackers.close()
+            if self.roles is not None:
+                self.roles.shutdown()
+                self.ended_groups, self.roles = self.roles.all(), None    # named in a failure report
         return last
 
     def step(self, step: int) -> dict[str, float]:
@@ -267,8 +314,8 @@ class Trainer:
             roles.actor.onload()
         send = roles.actor.send_weights_async(self.manifest)
         receive = roles.rollout.receive_weights_async(self.manifest)
-        sent = wait_for(send, "actor", self.cfg.trainer.collective_timeout_s)[0]
-        tables = wait_for(receive, "rollout", self.cfg.trainer.collective_timeout_s)
+        results = wait_for({"actor": send, "rollout": receive}, self.cfg.trainer.collective_timeout_s)
+        sent, tables = results["actor"][0], results["rollout"]
         if self.colocated:
             roles.actor.offload()
         names = [name for name, _, _ in self.manifest]
@@ -297,14 +344,22 @@ def sampler_gap(rollout: RolloutBatch) -> float:
     return float(gap.sum() / mask.sum().clamp(min=1))
 
 
-def wait_for(refs: list, role: str, timeout_s: float) -> list:
-    """ray.get with a deadline; a straggler is named by role and rank."""
-    ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
-    if pending:
-        late = [i for i, r in enumerate(refs) if r in pending]
-        raise WeightSyncError(f"weight sync: {role} rank(s) {late} did not finish within {timeout_s:g}s "
-                              f"(trainer.collective_timeout_s); see their worker logs")
-    return ray.get(list(refs))
+def wait_for(refs_by_role: dict[str, list], timeout_s: float) -> dict[str, list]:
+    """Every role's results, with one deadline for all; fails as soon as any call fails.
+
+    Waiting for the senders first and the receivers after would report a receiver that died at once as a
+    sender timing out (the sender's broadcast waits for it) only after the whole deadline.
+    """
+    owner = {ref: (role, rank) for role, refs in refs_by_role.items() for rank, ref in enumerate(refs)}
+    pending, deadline = list(owner), time.monotonic() + timeout_s
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            late = sorted(owner[r] for r in pending)
+            raise WeightSyncError(f"weight sync: {', '.join(f'{role} rank {rank}' for role, rank in late)} did not "
+                                  f"finish within {timeout_s:g}s (trainer.collective_timeout_s); see their worker logs")
+        ray.get(done)                    # raises this call's failure now
+    return {role: ray.get(refs) for role, refs in refs_by_role.items()}
 
 
 def config_to_yaml_redacted(cfg: R1RayConfig) -> str:

@@ -200,6 +200,9 @@ class TrainerConfig:
     resume: str = _f("never", "'never', 'auto' (newest complete checkpoint in output_dir) or a checkpoint path.")
     overwrite: bool = _f(False, "With resume=never, replace an earlier run in output_dir (its checkpoints, "
                          "metrics.jsonl, tensorboard/); without it such a directory is refused.")
+    max_restarts: int = _f(0, "Restarts after a worker failure (a worker killed, raising, or a collective past its "
+                           "deadline): every group is rebuilt and the run goes on from the newest complete "
+                           "checkpoint (or its start). 0: the first failure ends the run, naming the worker.")
     startup_timeout_s: float = _f(300.0, "A worker group not ready after this long fails with the role named.")
     collective_timeout_s: float = _f(600.0, "Timeout of every torch.distributed collective (training and weight sync).")
 

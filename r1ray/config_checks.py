@@ -257,6 +257,8 @@ def _trainer_rules(cfg: R1RayConfig) -> list[str]:
                         f"(a <output_dir>/checkpoints/step_* directory with its COMPLETE marker)")
     if t.eval_n < 1:
         problems.append("trainer.eval_n: must be >= 1")
+    if t.max_restarts < 0:
+        problems.append(f"trainer.max_restarts: {t.max_restarts} must be >= 0 (0: the first worker failure ends the run)")
     return problems
 
 

@@ -15,3 +15,8 @@ class NonFiniteUpdates(RuntimeError):
 class Stopped(Exception):
     """The run was asked to stop (SIGTERM: a preempted pod, a cancelled job) and stopped after a step with
     a checkpoint; the message names the step and the checkpoint. The CLI exits with EXIT_STOPPED."""
+
+
+class WorkerFailure(RuntimeError):
+    """A worker died, raised, or hung past its deadline, and trainer.max_restarts restarts were used up (or
+    none were allowed); the message names the role, the rank and the cause. The CLI exits with 1."""

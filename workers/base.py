@@ -79,6 +79,10 @@ class Worker:
     def ping(self) -> str:
         return f"{self.role}:{self.rank}"
 
+    def pid(self) -> int:
+        """This worker's process id, for an operator (or a test) to profile or kill it."""
+        return os.getpid()
+
     def address(self) -> tuple[str, int]:
         """Host and a free port, asked of rank 0 to host the group's rendezvous."""
         return node_ip(), free_port()
