@@ -4,7 +4,14 @@ every step's sync (the "ipc" transport: shared memory) is fingerprint-verified, 
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
 import pytest
+import ray
 import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[cpu]' (CI installs it)")
@@ -49,3 +56,66 @@ def test_colocated_vllm_steps_follow_the_cycle_and_train(ray_cluster, small_conf
     # step's own updates, agree with vLLM's.
     assert metrics[1]["rollout/old_logprob_gap"] < 1e-3
     assert metrics[1]["timing_s/sync_weights"] > 0 and metrics[1]["timing_s/generate"] > 0
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (vLLM's engine core is one of the rollout worker's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"PPid:\t{pid}\n" in (entry / "status").read_text():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in state
+
+
+class RolloutKillingTrainer(Trainer):
+    """Kills the vLLM rollout worker's process before step `at_step` generates, the first time only."""
+
+    def __init__(self, cfg, at_step: int):
+        super().__init__(cfg)
+        self.at_step, self.started, self.killed = at_step, [], []
+
+    def step(self, step):
+        self.started.append(step)
+        return super().step(step)
+
+    def generate(self, prompts, sampling, timer=None):
+        if not self.killed and self.started[-1] == self.at_step:
+            pid = ray.get(self.roles.rollout.workers[0].pid.remote())
+            self.killed = [pid, *_children(pid)]
+            os.kill(pid, signal.SIGKILL)
+        return super().generate(prompts, sampling, timer)
+
+
+def _steps(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_killed_vllm_rollout_worker_is_restarted_and_the_run_matches_an_uninterrupted_one(
+        ray_cluster, small_config, tmp_path):
+    model = build_tiny_model(tmp_path / "model", hidden=64, layers=2, heads=2, kv_heads=1, max_position_embeddings=256)
+    run = [f"model.path={model}", *COLOCATED, "trainer.total_steps=2", "trainer.save_every=1"]
+    Trainer(small_config(tmp_path / "straight", *run)).fit()
+    trainer = RolloutKillingTrainer(small_config(tmp_path / "killed", *run, "trainer.max_restarts=1"), at_step=2)
+    trainer.fit()
+    assert trainer.started == [1, 2, 2]                   # step 2 again, from step 1's checkpoint
+    assert len(trainer.killed) >= 2                          # the worker and vLLM's engine core under it
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in trainer.killed) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [p for p in trainer.killed if _alive(p)]      # nothing of the dead engine kept running
+    straight, killed = _steps(tmp_path / "straight"), _steps(tmp_path / "killed")
+    assert [m["step"] for m in killed] == [1, 2]
+    for want, got in zip(straight, killed):
+        for key in ("reward/mean", "actor/pg_loss", "actor/grad_norm", "response_length/mean"):
+            assert got[key] == want[key], (got["step"], key)
