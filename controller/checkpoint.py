@@ -15,6 +15,7 @@ before it, and says so.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -89,6 +90,28 @@ class CheckpointManager:
         final = self.root / f"step_{state.step:06d}"
         tmp = self.root / f".tmp-step_{state.step:06d}"
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self._write(tmp, state, write_actor, model_path, config_yaml)
+        except Exception as exc:
+            free = _free_bytes(self.root)           # before the partial files go
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not out_of_space(exc, free):
+                raise
+            previous = self.latest()
+            raise CheckpointWriteError(
+                f"checkpoint of step {state.step}: no space left on device under {self.root} ({free} bytes free); "
+                f"the partial checkpoint was removed and {previous or 'no earlier checkpoint'} is untouched; free "
+                f"space (or lower trainer.keep_checkpoints) and go on with trainer.resume=auto") from exc
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        logger.info("checkpoint written: %s", final)
+        self._prune()
+        return final
+
+    @staticmethod
+    def _write(tmp: Path, state: TrainerState, write_actor: Callable[[Path], None], model_path: str,
+               config_yaml: str) -> None:
         tmp.mkdir(parents=True)
         write_actor(tmp / "actor")
         if Path(model_path).is_dir():
@@ -99,12 +122,6 @@ class CheckpointManager:
         sizes = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
         (tmp / MANIFEST).write_text(json.dumps(sizes, indent=1))
         (tmp / "COMPLETE").write_text("ok\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        logger.info("checkpoint written: %s", final)
-        self._prune()
-        return final
 
     def complete(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
@@ -132,6 +149,35 @@ class CheckpointManager:
             shutil.rmtree(old, ignore_errors=True)
         for stale in self.root.glob(".tmp-step_*"):
             shutil.rmtree(stale, ignore_errors=True)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written for want of disk space; the earlier checkpoints are untouched."""
+
+
+# Below this many free bytes after a failed write, the write is taken to have failed for want of space:
+# torch.save reports a full disk as "unexpected pos N vs M" (its zip writer), not as ENOSPC.
+LOW_SPACE_BYTES = 1 << 20
+
+
+def out_of_space(exc: BaseException, free_bytes: int) -> bool:
+    """Whether a failed checkpoint write ran out of disk space: ENOSPC anywhere in the cause chain (a
+    worker's error arrives wrapped by Ray), else a nearly full filesystem."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(seen):
+            return True
+        seen = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
+    return free_bytes < LOW_SPACE_BYTES
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
 
 
 # What a GRPO run writes into its output_dir (besides files it rebuilds: data, the tiny model, plots).

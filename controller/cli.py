@@ -171,7 +171,10 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from r1ray.errors import NonFiniteUpdates
     from r1ray.rewards.spec import RewardFailure
 
-    return (UserError, ConfigError, DataError, TorchCompanionError, RewardFailure, NonFiniteUpdates, ConnectionError, FileNotFoundError,
+    from r1ray.controller.checkpoint import CheckpointWriteError
+
+    return (UserError, ConfigError, DataError, TorchCompanionError, RewardFailure, NonFiniteUpdates, CheckpointWriteError,
+            ConnectionError, FileNotFoundError,
             ValueError)
 
 
