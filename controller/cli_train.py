@@ -18,9 +18,11 @@ def _train_cmd(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from r1ray.controller.pipeline import run_pipeline
     from r1ray.controller.plot import plot_run
+    from r1ray.controller.ray_cluster import check_before_start
     from r1ray.controller.trainer import Trainer
 
     logging.getLogger().setLevel(cfg.logging.level)
+    check_before_start(cfg)              # before any file is written
     out = Path(cfg.trainer.output_dir)
     if cfg.stages:
         run_pipeline(cfg)

@@ -14,6 +14,8 @@ import time
 
 import ray
 
+from r1ray.workers.placement import PlacementError
+
 logger = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -67,6 +69,22 @@ def connect(address: str, *, num_cpus: int, needed_cpus: float, dashboard: bool,
     return f"local cluster on 127.0.0.1 with {cpus} CPUs"
 
 
+def check_local_gpus(placement) -> None:
+    """A local cluster has this machine's GPUs and no others: a GPU pool on a machine without one can never
+    be placed, so say so now rather than after the data is prepared (a remote cluster may add GPU nodes)."""
+    gpu_pools = sorted({name for name in placement.roles.values() if placement.pools[name].device == "gpu"})
+    if not gpu_pools:
+        return
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return
+    pool = gpu_pools[0]
+    raise PlacementError(f"placement.pools.{pool}.device=gpu: this machine has no CUDA GPU and ray.address is "
+                         f"empty (a local cluster on this machine); set placement.pools.{pool}.device=cpu, or run "
+                         f"on a GPU cluster (ray.address=HOST:PORT, or `ray job submit`)")
+
+
 def token_auth_enabled() -> bool:
     """Whether this process runs with Ray's token authentication (RAY_AUTH_MODE=token, as Ray resolved it)."""
     try:
@@ -85,8 +103,18 @@ def dashboard_exposure_warning(dashboard: bool, host: str, token_auth: bool) -> 
             f"ray.dashboard_host=127.0.0.1)")
 
 
+def check_before_start(cfg) -> None:
+    """What the machine can tell before a run writes anything: a local cluster's GPUs."""
+    from r1ray.workers.placement import Placement
+
+    if not (cfg.ray.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+        check_local_gpus(Placement.from_config(cfg.placement))
+
+
 def connect_for(ray_cfg, placement) -> str:
     """`connect` with the config's `ray` section, sized for `placement` (a workers.placement.Placement)."""
+    if not (ray_cfg.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+        check_local_gpus(placement)
     return connect(ray_cfg.address, num_cpus=ray_cfg.num_cpus, needed_cpus=placement.required().get("CPU", 1.0),
                    dashboard=ray_cfg.dashboard, dashboard_host=ray_cfg.dashboard_host, namespace=ray_cfg.namespace,
                    connect_timeout_s=ray_cfg.connect_timeout_s)

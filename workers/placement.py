@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 ROLES = ("actor", "ref", "rollout", "reward")
 
 
-class PlacementError(RuntimeError):
-    """The placement cannot be satisfied; the message says which resource is short and by how much."""
+class PlacementError(ValueError):
+    """The placement cannot be satisfied; the message says which resource is short and by how much (a
+    user error: the CLI prints it as one line)."""
 
 
 @dataclass(frozen=True)

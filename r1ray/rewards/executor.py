@@ -232,7 +232,8 @@ class RewardExecutor:
         now = time.monotonic()
         for worker in self._workers:
             if worker.index is not None and worker.deadline <= now:
-                message = f"sample exceeded sample_timeout_s={self.spec.sample_timeout_s}"
+                names = ", ".join(self.spec.names)  # the worker does not say which one was running
+                message = f"sample exceeded sample_timeout_s={self.spec.sample_timeout_s} in {names}"
                 results[worker.index] = self._failure("timeout", message)
                 self._replace(worker)
 

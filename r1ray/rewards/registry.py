@@ -3,7 +3,9 @@
 Names in :data:`REWARD_FUNCTIONS` are the shipped rewards. A name of the form
 ``"package.module:function"`` is imported instead, which is how a user (or a test) plugs in a
 reward function of their own: a dotted path is importable by the reward worker processes too,
-where a registration made at run time in the parent process would not exist.
+where a registration made at run time in the parent process would not exist. An imported function's
+return value is checked (:func:`~r1ray.rewards.base.as_score`): a str, a list, NaN or inf makes the
+sample an error that names the function and the value, never a score.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import importlib
 
 from r1ray.rewards.arithmetic import arithmetic_reward
 from r1ray.rewards.auto import auto_reward
-from r1ray.rewards.base import RewardFn
+from r1ray.rewards.base import RewardFn, checked
+from r1ray.rewards.code_exec import code_reward
 from r1ray.rewards.countdown import countdown_reward
 from r1ray.rewards.format_reward import format_reward
 from r1ray.rewards.knights_knaves import knights_knaves_reward
@@ -33,6 +36,7 @@ REWARD_FUNCTIONS: dict[str, RewardFn] = {
     "still3_action": still3_action_reward,
     "arithmetic": arithmetic_reward,
     "auto": auto_reward,
+    "code": code_reward,
 }
 
 # The R1-Zero recipe: accuracy picked by data source, plus the format reward.
@@ -53,7 +57,7 @@ def _import_reward(path: str) -> RewardFn:
         raise ValueError(f"cannot import reward function {path!r}: {exc}") from exc
     if not callable(fn):
         raise ValueError(f"reward function {path!r} is not callable")
-    return fn
+    return checked(fn)
 
 
 def get_reward_fn(name: str) -> RewardFn:

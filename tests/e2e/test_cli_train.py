@@ -128,3 +128,43 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_143(tmp_path):
         f"stopped: SIGTERM received: finished step {last} of 500 and wrote {checkpoint}; continue with "
         f"trainer.resume=auto"]
     assert "Traceback" not in err and "*** SIGTERM received" not in err
+
+
+@pytest.mark.timeout(420)
+def test_a_driver_killed_while_writing_a_checkpoint_resumes_from_the_one_before(tmp_path):
+    """SIGKILL (no handler can run) while a checkpoint is being written: the half-written directory is never
+    loaded, resume=auto goes on from the previous complete checkpoint, and every step is logged once."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    exe = shutil.which("r1ray")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = [exe, "train", "--config", str(QUICKSTART), "stages=[]", "trainer.save_every=1",
+           "trainer.keep_checkpoints=3", "trainer.eval_before_train=false", "trainer.eval_every=0",
+           f"trainer.output_dir={out}", f"model.path={tmp_path / 'model'}", "logging.console=false"]
+    proc = subprocess.Popen([*run, "trainer.total_steps=500"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    checkpoints = out / "checkpoints"
+    deadline, partial = time.monotonic() + 300, []
+    # Wait for a checkpoint under its temporary name after at least one complete one, then kill at once.
+    while time.monotonic() < deadline and proc.poll() is None and not partial:
+        if checkpoints.is_dir() and any(checkpoints.glob("step_*")):
+            partial = list(checkpoints.glob(".tmp-step_*"))
+        if not partial:
+            time.sleep(0.005)
+    assert partial, proc.stderr.read()[-3000:] if proc.poll() is not None else "no checkpoint write was caught"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    killed_at = int(partial[0].name.split("_")[-1])
+    complete = sorted(p.name for p in checkpoints.glob("step_*") if (p / "COMPLETE").is_file())
+    assert complete and complete[-1] == f"step_{killed_at - 1:06d}"
+    total = killed_at + 1
+    done = subprocess.run([*run, f"trainer.total_steps={total}", "trainer.resume=auto"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {checkpoints / complete[-1]} at step {killed_at - 1}" in done.stderr
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, total + 1))                   # the killed step once, redone, nothing twice
+    assert not list(checkpoints.glob(".tmp-step_*"))            # the partial write was cleaned up
+    assert (checkpoints / f"step_{total:06d}" / "COMPLETE").is_file()

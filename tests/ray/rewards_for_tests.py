@@ -17,3 +17,36 @@ def spread_on_even_answers(response: str, ground_truth: str, extra: dict) -> flo
 def always_raises(response: str, ground_truth: str, extra: dict) -> float:
     """A broken custom reward: every call raises."""
     raise KeyError("ground_truth_field")
+
+
+def hangs(response: str, ground_truth: str, extra: dict) -> float:
+    """A broken custom reward: never returns (the executor must kill it at sample_timeout_s)."""
+    import time
+
+    while True:
+        time.sleep(60)
+
+
+def returns_nan(response: str, ground_truth: str, extra: dict) -> float:
+    """A broken custom reward: NaN would poison the group's mean and std."""
+    return float("nan")
+
+
+def returns_inf(response: str, ground_truth: str, extra: dict) -> float:
+    """A broken custom reward: an infinite score."""
+    return float("inf")
+
+
+def returns_string(response: str, ground_truth: str, extra: dict) -> str:
+    """A broken custom reward: text that float() would silently accept."""
+    return "1.0"
+
+
+def returns_list(response: str, ground_truth: str, extra: dict) -> list:
+    """A broken custom reward: a list of scores instead of one."""
+    return [1.0]
+
+
+def returns_bool(response: str, ground_truth: str, extra: dict) -> bool:
+    """A custom reward returning bool: accepted as 1.0 / 0.0 (bool is an int in Python)."""
+    return response == "right"

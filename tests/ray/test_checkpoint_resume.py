@@ -262,3 +262,18 @@ def test_without_restarts_a_killed_worker_ends_the_run_naming_it(small_config, t
     assert message.startswith("role 'rollout' rank 0: the worker process died (")
     assert message.endswith("trainer.max_restarts=0: set it above 0 to restart the workers from the newest checkpoint")
     assert [m["step"] for m in _metrics(tmp_path / "run")] == [1]
+
+
+def test_a_run_resumed_at_its_last_step_says_there_is_nothing_to_do(runs, small_config, tmp_path):
+    from r1ray.errors import NothingToDo
+
+    _, full_dir = runs["full"]
+    out = tmp_path / "done"
+    shutil.copytree(full_dir, out)
+    before = (out / "metrics.jsonl").read_text()
+    trainer = Trainer(small_config(out, *RUN, "trainer.total_steps=4", "trainer.resume=auto"))
+    with pytest.raises(NothingToDo, match=rf"^{out}: the run is already at step 4 of trainer.total_steps=4; nothing "
+                                          rf"was trained \(raise trainer.total_steps to continue it\)$"):
+        trainer.fit()
+    assert trainer.roles is None                          # refused before any worker started
+    assert (out / "metrics.jsonl").read_text() == before

@@ -56,3 +56,27 @@ def test_train_with_an_unreachable_address_exits_with_one_line(tmp_path) -> None
                       f"ray.address empty for a local cluster"], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert time.monotonic() - start < 120
+
+
+def test_a_gpu_pool_on_a_machine_without_gpus_is_refused_before_anything_is_written(tmp_path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: a GPU pool is placeable here")
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "r1ray.train", "--config", str(REPO / "configs" / "quickstart.yaml"),
+                           "placement.pools.train.device=gpu", f"trainer.output_dir={out}"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**_env_without_ray_address()})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: placement.pools.train.device=gpu: this machine has no CUDA GPU and ray.address is empty (a local "
+        "cluster on this machine); set placement.pools.train.device=cpu, or run on a GPU cluster "
+        "(ray.address=HOST:PORT, or `ray job submit`)")
+    assert not out.exists()
+
+
+def _env_without_ray_address() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
