@@ -33,9 +33,14 @@ ROLLOUT_CYCLE = ["wake:weights", "receive_weights", "wake:kv_cache", "generate",
 ACTOR_CYCLE = ["onload", "offload", "onload", "onload", "offload"]
 
 
-def test_colocated_vllm_steps_follow_the_cycle_and_train(ray_cluster, small_config, tmp_path):
-    model = build_tiny_model(tmp_path / "model", hidden=64, layers=2, heads=2, kv_heads=1, max_position_embeddings=256)
-    cfg = small_config(tmp_path / "out", f"model.path={model}", *COLOCATED)
+@pytest.fixture(scope="module")
+def vllm_run(ray_cluster, small_config, tmp_path_factory):
+    """Two colocated vLLM steps of the Trainer, step by step: (config overrides, model, step metrics, the
+    rollout and actor lifecycles, actor weights before and after)."""
+    tmp = tmp_path_factory.mktemp("vllm_run")
+    model = build_tiny_model(tmp / "model", hidden=64, layers=2, heads=2, kv_heads=1, max_position_embeddings=256)
+    run = [f"model.path={model}", *COLOCATED, "trainer.total_steps=2", "trainer.save_every=1"]
+    cfg = small_config(tmp / "out", *run)
     assert sync_backend(cfg) == "ipc"       # shared memory here, CUDA IPC on a GPU: NCCL refuses one device twice
     trainer = Trainer(cfg)
     trainer._build()
@@ -47,6 +52,11 @@ def test_colocated_vllm_steps_follow_the_cycle_and_train(ray_cluster, small_conf
         final = trainer.roles.actor.full_weights()
     finally:
         trainer.roles.shutdown()
+    return run, metrics, rollout, actor, initial, final
+
+
+def test_colocated_vllm_steps_follow_the_cycle_and_train(vllm_run):
+    _, metrics, rollout, actor, initial, final = vllm_run
     # vLLM started (and slept) before the actor loaded; the sync group was joined awake.
     assert rollout == ["setup", "sleep", "wake:weights"] + ROLLOUT_CYCLE * 2
     assert actor == [ACTOR_CYCLE * 2]                                          # one actor rank
@@ -102,20 +112,18 @@ def _steps(out: Path) -> list[dict]:
 
 
 def test_a_killed_vllm_rollout_worker_is_restarted_and_the_run_matches_an_uninterrupted_one(
-        ray_cluster, small_config, tmp_path):
-    model = build_tiny_model(tmp_path / "model", hidden=64, layers=2, heads=2, kv_heads=1, max_position_embeddings=256)
-    run = [f"model.path={model}", *COLOCATED, "trainer.total_steps=2", "trainer.save_every=1"]
-    Trainer(small_config(tmp_path / "straight", *run)).fit()
+        vllm_run, small_config, tmp_path):
+    run, straight, *_ = vllm_run
     trainer = RolloutKillingTrainer(small_config(tmp_path / "killed", *run, "trainer.max_restarts=1"), at_step=2)
     trainer.fit()
-    assert trainer.started == [1, 2, 2]                   # step 2 again, from step 1's checkpoint
+    assert trainer.started == [1, 2, 2]                      # step 2 again, from step 1's checkpoint
     assert len(trainer.killed) >= 2                          # the worker and vLLM's engine core under it
     deadline = time.monotonic() + 30
     while any(_alive(p) for p in trainer.killed) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not [p for p in trainer.killed if _alive(p)]      # nothing of the dead engine kept running
-    straight, killed = _steps(tmp_path / "straight"), _steps(tmp_path / "killed")
+    killed = _steps(tmp_path / "killed")
     assert [m["step"] for m in killed] == [1, 2]
-    for want, got in zip(straight, killed):
+    for want, got in zip(straight, killed):                  # the same steps as the uninterrupted run, bitwise
         for key in ("reward/mean", "actor/pg_loss", "actor/grad_norm", "response_length/mean"):
             assert got[key] == want[key], (got["step"], key)
