@@ -8,6 +8,8 @@ deterministic bug fails again on every restart, then stops the run naming the sa
 
 from __future__ import annotations
 
+import re
+
 import ray
 
 from r1ray.workers.fingerprint import WeightSyncError
@@ -21,6 +23,8 @@ RESTARTABLE: tuple[type[BaseException], ...] = (
     WorkerStartupError,                    # a restarted group that could not come up in time
 )
 CAUSE_CHARS = 400          # of a worker's error text in the one-line message
+ACTOR_ID = re.compile(r"actor_id=([0-9a-f]+)")      # in Ray's header: ray::Cls.method() (pid=.., actor_id=..)
+METHOD = re.compile(r"ray::([\w.]+)\(\)")
 
 
 def worker_names(groups: list[WorkerGroup]) -> dict[str, str]:
@@ -32,13 +36,28 @@ def describe_failure(exc: BaseException, groups: list[WorkerGroup]) -> str:
     """One line: which worker failed and why (Ray's multi-line reports cut to their first lines)."""
     names = worker_names(groups)
     if isinstance(exc, ray.exceptions.RayTaskError):
-        who = names.get(_hex(getattr(exc, "_actor_id", None)), f"a worker ({exc.function_name})")
-        cause = exc.cause if exc.cause is not None else exc
+        actor_id, function = _task_origin(exc)
+        who = names.get(actor_id, f"a worker ({function})")
+        cause = exc.__dict__.get("cause") or exc
         return f"{who} raised {type(cause).__name__}: {_one_line(str(cause))}"
     if isinstance(exc, ray.exceptions.RayActorError):
         who = names.get(_hex(exc.actor_id), "a worker")
         return f"{who}: the worker process died ({_one_line(_died_reason(exc))})"
     return f"{type(exc).__name__}: {_one_line(str(exc))}"
+
+
+def _task_origin(exc: ray.exceptions.RayTaskError) -> tuple[str | None, str]:
+    """(actor id, method) of a worker's error. What Ray raises is usually a "dual" instance, a subclass of
+    both RayTaskError and the cause's class, which keeps only the cause: its attributes then forward to
+    the cause, so the origin is read from the header Ray wrote into its text."""
+    actor_id = _hex(exc.__dict__.get("_actor_id"))
+    function = exc.__dict__.get("function_name") or "unknown method"
+    text = str(exc)
+    if actor_id is None and (found := ACTOR_ID.search(text)):
+        actor_id = found.group(1)
+    if function == "unknown method" and (found := METHOD.search(text)):
+        function = found.group(1)
+    return actor_id, function
 
 
 def _died_reason(exc: ray.exceptions.RayActorError) -> str:

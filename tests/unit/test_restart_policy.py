@@ -70,3 +70,13 @@ def test_a_dead_worker_is_described_in_one_line():
                                          "because its worker process has died.")
     assert describe_failure(error, []) == ("a worker: the worker process died (The actor is dead because its "
                                            "worker process has died.)")
+
+
+def test_a_worker_error_as_ray_raises_it_is_described_by_its_cause():
+    """Ray raises a 'dual' instance (RayTaskError and the cause's class) that keeps only the cause."""
+    error = ray.exceptions.RayTaskError(
+        "update", "Traceback ...", RuntimeError("Read error: Connection reset by peer"),
+        proctitle="ray::ActorWorker.update", actor_id="9473c1ab").as_instanceof_cause()
+    assert isinstance(error, RuntimeError) and isinstance(error, ray.exceptions.RayTaskError)
+    assert describe_failure(error, []) == ("a worker (ActorWorker.update) raised RuntimeError: Read error: "
+                                           "Connection reset by peer")
