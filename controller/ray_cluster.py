@@ -107,13 +107,18 @@ def check_before_start(cfg) -> None:
     """What the machine can tell before a run writes anything: a local cluster's GPUs."""
     from r1ray.workers.placement import Placement
 
-    if not (cfg.ray.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+    if starts_local_cluster(cfg.ray.address):
         check_local_gpus(Placement.from_config(cfg.placement))
+
+
+def starts_local_cluster(address: str) -> bool:
+    """Whether `connect` would start a cluster on this machine (no address given, none joined yet)."""
+    return not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
 
 
 def connect_for(ray_cfg, placement) -> str:
     """`connect` with the config's `ray` section, sized for `placement` (a workers.placement.Placement)."""
-    if not (ray_cfg.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+    if starts_local_cluster(ray_cfg.address):
         check_local_gpus(placement)
     return connect(ray_cfg.address, num_cpus=ray_cfg.num_cpus, needed_cpus=placement.required().get("CPU", 1.0),
                    dashboard=ray_cfg.dashboard, dashboard_host=ray_cfg.dashboard_host, namespace=ray_cfg.namespace,

@@ -142,9 +142,10 @@ class Trainer:
                               "checkpoint" if limit == 0 else f"gave up after {limit} restart(s)")
                     raise WorkerFailure(f"{failure}; {advice}") from exc
                 # Go on from the newest complete checkpoint of this run, else where the run started.
-                resume = "auto" if self.checkpoints.latest_loadable() else resume
+                newest = self.checkpoints.latest_loadable()
+                resume = "auto" if newest else resume
                 logger.warning("worker failure: %s; restart %d of %d from %s", failure, restart + 1, limit,
-                               self.checkpoints.latest_loadable() or "the run's start")
+                               newest or "the run's start")
         raise AssertionError("unreachable")
 
     def _run(self, resume: str) -> dict[str, float]:
