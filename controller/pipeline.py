@@ -41,7 +41,9 @@ def stage_config(base: R1RayConfig, stage: StageConfig, stage_dir: Path, carry: 
     tree["trainer"]["output_dir"] = str(stage_dir)
     tree["model"]["path"] = carry.model
     if not first:
-        tree["model"]["init_tiny"] = False  # later stages load the previous stage's model
+        # Later stages load the previous stage's model: nothing to build or fetch.
+        tree["model"]["init_tiny"] = False
+        tree["model"]["fetch"] = ""
     if stage.kind == "sft" and carry.sft_data:
         # The base sft.train_files are the first SFT stage's (cold-start) data; after a sample stage the
         # SFT stage trains on what was sampled.

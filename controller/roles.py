@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ray
 
 from r1ray.config import R1RayConfig
+from r1ray.config_checks import uses_reference_model
 from r1ray.rewards import RewardSpec
 from r1ray.workers.engines import EngineSpec, RolloutSpec
 from r1ray.workers.group import WorkerGroup
@@ -73,7 +74,7 @@ def loss_settings(cfg: R1RayConfig) -> LossSettings:
 def reward_spec(cfg: R1RayConfig) -> RewardSpec:
     r = cfg.reward
     return RewardSpec(names=r.functions, weights=r.weights, sample_timeout_s=r.sample_timeout_s,
-                      batch_timeout_s=r.batch_timeout_s, num_workers=r.processes)
+                      batch_timeout_s=r.batch_timeout_s, num_workers=r.processes, language=r.language)
 
 
 def rollout_spec(cfg: R1RayConfig) -> RolloutSpec:
@@ -99,12 +100,8 @@ def build_reward_group(cfg: R1RayConfig, slots: list) -> RewardGroup:
                        collective_timeout_s=cfg.trainer.collective_timeout_s)
 
 
-def uses_reference(cfg: R1RayConfig) -> bool:
-    """A reference model is built (and its logprob pass run) only when KL can be non-zero at some step."""
-    a = cfg.algorithm
-    if a.kl_placement == "none":
-        return False
-    return a.kl_coef > 0 or (a.kl_schedule != "constant" and a.kl_coef_final > 0)
+# A reference model is built (and its logprob pass run) only when KL can be non-zero at some step.
+uses_reference = uses_reference_model
 
 
 def colocated(cfg: R1RayConfig) -> bool:
@@ -124,7 +121,9 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
     spec = engine_spec(cfg, total_opt_steps)
     actor = ActorGroup(slots["actor"], engine_kind=cfg.actor.engine, spec=spec, loss=loss_settings(cfg),
                        startup_timeout_s=t.startup_timeout_s, collective_timeout_s=t.collective_timeout_s)
-    ref = (RefGroup(slots["ref"], engine_kind=cfg.actor.engine, spec=spec, startup_timeout_s=t.startup_timeout_s,
+    # model.ref_path: a reference other than the policy's starting weights (e.g. the base model under an SFT'd policy).
+    ref_spec = replace(spec, model_path=cfg.model.ref_path) if cfg.model.ref_path else spec
+    ref = (RefGroup(slots["ref"], engine_kind=cfg.actor.engine, spec=ref_spec, startup_timeout_s=t.startup_timeout_s,
                     collective_timeout_s=t.collective_timeout_s) if use_ref else None)
     roles = Roles(actor, ref, build_rollout_group(cfg, slots["rollout"]), build_reward_group(cfg, slots["reward"]))
     if colocated(cfg):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from r1ray.config import R1RayConfig
+from r1ray.config_checks import prompt_style
 from r1ray.data import ColumnMap, PromptDataset, PromptItem, load_rows, make_task
 from r1ray.models import ensure_tiny_model, load_tokenizer
 from r1ray.protocol import PromptBatch
@@ -25,6 +26,11 @@ def prepare_files(cfg: R1RayConfig) -> R1RayConfig:
     if m.init_tiny:
         ensure_tiny_model(m.path, hidden=m.tiny_hidden, layers=m.tiny_layers,
                           max_position_embeddings=m.tiny_max_length, seed=cfg.trainer.seed)
+    if m.fetch:
+        from r1ray.models.fetch import fetch_model, is_fetched
+
+        if not is_fetched(m.fetch, m.path):
+            fetch_model(m.fetch, m.path)
     data = cfg.data
     if not data.train_files and data.generate.task:
         g = data.generate
@@ -78,14 +84,15 @@ def build_datasets(cfg: R1RayConfig) -> Datasets:
     tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     columns = column_map(cfg)
     limit = cfg.rollout.max_prompt_length
-    train = PromptDataset(load_rows(cfg.data.train_files, columns), tokenizer, cfg.data.template, limit)
+    style = prompt_style(cfg.data)
+    train = PromptDataset(load_rows(cfg.data.train_files, columns), tokenizer, style, limit)
     val = None
     if cfg.data.val_files:
         rows = load_rows(cfg.data.val_files, columns)
         if cfg.data.val_max_prompts:
             rows = rows[:cfg.data.val_max_prompts]
-        val = PromptDataset(rows, tokenizer, cfg.data.template, limit)
-    levels = [PromptDataset(load_rows(files, columns), tokenizer, cfg.data.template, limit)
+        val = PromptDataset(rows, tokenizer, style, limit)
+    levels = [PromptDataset(load_rows(files, columns), tokenizer, style, limit)
               for files in cfg.data.curriculum.level_files] or [train]
     logger.info("data: %d training prompts (%d dropped as too long), %s held-out, %d level(s)", len(train),
                 train.n_dropped, len(val) if val else "no", len(levels))

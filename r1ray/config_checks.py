@@ -11,9 +11,12 @@ import json
 import math
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from r1ray.config import R1RayConfig
+from r1ray.config import DataConfig, R1RayConfig
+
+if TYPE_CHECKING:
+    from r1ray.data.template import PromptStyle
 
 GROUP_ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline")
 
@@ -21,7 +24,7 @@ GROUP_ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline")
 def check_config(cfg: R1RayConfig) -> list[str]:
     problems = _choices(cfg, "")
     for rule in (_model_rules, _data_rules, _rollout_rules, _algorithm_rules, _batch_rules,
-                 _reward_rules, _optimizer_rules, _placement_rules, _trainer_rules):
+                 _reward_rules, _optimizer_rules, _placement_rules, _engine_rules, _trainer_rules):
         problems += rule(cfg)
     return problems
 
@@ -61,8 +64,17 @@ def _model_rules(cfg: R1RayConfig) -> list[str]:
     problems = []
     if not m.path:
         problems.append("model.path: empty; set it to a Hugging Face model directory (or model.init_tiny=true with a path to build into)")
-    elif not m.init_tiny and not Path(m.path).exists() and not _looks_like_hub_id(m.path):
+    elif not m.init_tiny and not m.fetch and not Path(m.path).exists() and not _looks_like_hub_id(m.path):
         problems.append(f"model.path: '{m.path}' does not exist; give a model directory or set model.init_tiny=true")
+    if m.ref_path:
+        problems += _ref_path_rules(cfg)
+    if m.init_tiny and m.fetch:
+        problems.append("model.fetch and model.init_tiny: choose one way to build model.path")
+    if m.fetch:
+        from r1ray.models.fetch import KNOWN
+
+        if m.fetch not in KNOWN:
+            problems.append(f"model.fetch: '{m.fetch}' is not a known checkpoint (known: {', '.join(sorted(KNOWN))})")
     if m.tiny_hidden < 8 or m.tiny_layers < 1:
         problems.append("model.tiny_hidden/tiny_layers: need tiny_hidden >= 8 and tiny_layers >= 1")
     limit = model_max_length(cfg)
@@ -71,6 +83,36 @@ def _model_rules(cfg: R1RayConfig) -> list[str]:
         problems.append(f"rollout.max_prompt_length + rollout.max_response_length = {total} exceeds the model's "
                         f"{limit} positions; lower one of them (or set model.max_model_len if the model allows more)")
     return problems
+
+
+def _ref_path_rules(cfg: R1RayConfig) -> list[str]:
+    """model.ref_path must exist and share the policy's vocabulary (KL compares logprobs token by token)."""
+    m = cfg.model
+    ref = Path(m.ref_path)
+    if not ref.exists():
+        return [] if _looks_like_hub_id(m.ref_path) else [
+            f"model.ref_path: '{m.ref_path}' does not exist; give the reference model's directory (or leave it empty "
+            f"to use model.path's weights)"]
+    if not uses_reference_model(cfg):
+        return [f"model.ref_path: set, but no reference model runs (algorithm.kl_placement="
+                f"{cfg.algorithm.kl_placement}, kl_coef={cfg.algorithm.kl_coef}); enable KL or remove model.ref_path"]
+    sizes = {}
+    for key, path in (("model.path", Path(m.path)), ("model.ref_path", ref)):
+        config_json = path / "config.json"
+        if config_json.is_file():
+            sizes[key] = json.loads(config_json.read_text()).get("vocab_size")
+    if len(sizes) == 2 and sizes["model.path"] != sizes["model.ref_path"]:
+        return [f"model.ref_path: vocab_size {sizes['model.ref_path']} differs from model.path's "
+                f"{sizes['model.path']}; the reference must use the policy's tokenizer"]
+    return []
+
+
+def uses_reference_model(cfg: R1RayConfig) -> bool:
+    """A reference model runs only when KL can be non-zero at some step."""
+    a = cfg.algorithm
+    if a.kl_placement == "none":
+        return False
+    return a.kl_coef > 0 or (a.kl_schedule != "constant" and a.kl_coef_final > 0)
 
 
 def _data_rules(cfg: R1RayConfig) -> list[str]:
@@ -91,7 +133,18 @@ def _data_rules(cfg: R1RayConfig) -> list[str]:
             problems.append("data.generate.train_size: smaller than data.prompts_per_step; generate more prompts")
     if d.prompts_per_step < 1:
         problems.append("data.prompts_per_step: must be >= 1")
+    try:
+        prompt_style(d)
+    except ValueError as exc:
+        problems.append(str(exc))
     return problems
+
+
+def prompt_style(data: DataConfig) -> "PromptStyle":
+    """The PromptStyle of a DataConfig (template, system prompt, demonstrations); ValueError names the field."""
+    from r1ray.data.template import PromptStyle
+
+    return PromptStyle(data.template, data.system_prompt, tuple(tuple(pair) for pair in data.demonstrations))
 
 
 def _rollout_rules(cfg: R1RayConfig) -> list[str]:
@@ -217,9 +270,24 @@ def _placement_rules(cfg: R1RayConfig) -> list[str]:
     if rollout_size and (tp < 1 or per_node % tp):
         problems.append(f"rollout.tensor_parallel_size: {tp} must divide the rollout pool's {per_node} devices per "
                         f"node (an engine's devices sit on one node)")
-    if cfg.actor.engine == "deepspeed":
-        # The TrainEngine protocol has one implementation so far; fail here, not in a worker at start-up.
-        problems.append("actor.engine: the DeepSpeed engine is not available in this release; use fsdp2")
+    return problems
+
+
+def _engine_rules(cfg: R1RayConfig) -> list[str]:
+    """actor.engine and the fields that only one engine reads."""
+    a = cfg.actor
+    if a.engine != "deepspeed":
+        return (["actor.cpu_offload: only the DeepSpeed engine offloads; set actor.engine=deepspeed or leave it "
+                 "false (FSDP2 frees the device between phases when colocated)"] if a.cpu_offload else [])
+    problems = []
+    if importlib.util.find_spec("deepspeed") is None:
+        from r1ray.workers.engines import DEEPSPEED_INSTALL
+
+        problems.append(DEEPSPEED_INSTALL)
+    if a.zero_stage not in (2, 3):
+        problems.append(f"actor.zero_stage: {a.zero_stage}; the DeepSpeed engine runs ZeRO stage 2 or 3")
+    if cfg.model.dtype == "float16":
+        problems.append("model.dtype: float16 with DeepSpeed (dynamic loss scaling) is untested; use bfloat16")
     return problems
 
 

@@ -8,6 +8,7 @@ file listed together (one line each) instead of the first exception.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import warnings
 from dataclasses import fields, is_dataclass
@@ -39,7 +40,8 @@ def config_from_dict(user: dict[str, Any], overrides: Sequence[str] = ()) -> R1R
     from r1ray.config_checks import check_config
 
     user = copy.deepcopy(user)
-    _deep_merge(user, _parse_overrides(overrides))
+    parsed = _parse_overrides(overrides)
+    _deep_merge(user, parsed)
     problems = _unknown_keys(user, R1RayConfig, "")
     unknown = {line.split(":", 1)[0] for line in problems}
     # Unknown keys are already reported with a suggestion; OmegaConf would name them a second time.
@@ -51,10 +53,34 @@ def config_from_dict(user: dict[str, Any], overrides: Sequence[str] = ()) -> R1R
         # OmegaConf 2.4 warns about implicit str->number conversions that YAML makes on purpose.
         warnings.simplefilter("ignore")
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(R1RayConfig), user))
-    problems = check_config(cfg)
+    cfg = _without_unused_default_pool(cfg, user)
+    problems = _overridden_unused_pools(cfg, parsed) + check_config(cfg)
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def _without_unused_default_pool(cfg: R1RayConfig, user: dict[str, Any]) -> R1RayConfig:
+    """Drop the schema's "default" pool when no role uses it and the config did not define it itself: merged
+    beside a config's own pools it would otherwise linger unused, and a check refuses unused pools (an
+    override of a pool that nothing uses would change nothing)."""
+    p = cfg.placement
+    named = (user.get("placement") or {}).get("pools") or {}
+    if "default" in named or "default" in {p.actor, p.ref, p.rollout, p.reward} or "default" not in p.pools:
+        return cfg
+    pools = {name: pool for name, pool in p.pools.items() if name != "default"}
+    return dataclasses.replace(cfg, placement=dataclasses.replace(p, pools=pools))
+
+
+def _overridden_unused_pools(cfg: R1RayConfig, overrides: dict[str, Any]) -> list[str]:
+    """An override of a pool that no role uses changes nothing (placement.pools.default.device=gpu on a config
+    whose roles use its own pools trained on CPU, silently): refuse it. A config file may keep spare pools."""
+    p = cfg.placement
+    used = {p.actor, p.ref, p.rollout, p.reward}
+    named = ((overrides.get("placement") or {}).get("pools") or {}) if isinstance(overrides, dict) else {}
+    return [f"placement.pools.{name}: set by an override, but no role uses this pool (the roles use "
+            f"{', '.join(sorted(used))}); point placement.actor/ref/rollout/reward at it or override a used pool"
+            for name in named if name not in used]
 
 
 def config_to_yaml(cfg: R1RayConfig) -> str:

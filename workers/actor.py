@@ -58,8 +58,7 @@ class ActorWorker(PolicyWorker):
 
     def weight_manifest(self, dtype: str) -> Manifest:
         """(name, shape, dtype) of every parameter (tied weights once), cast to the rollout dtype."""
-        model = self.engine.model
-        return [(name, tuple(p.shape), f"torch.{dtype}") for name, p in model.named_parameters()]
+        return self.engine.parameter_manifest(dtype)
 
     def init_weight_sync(self, spec: SyncGroupSpec | None) -> None:
         """Join a weight-sync group as its sender (sync rank 0): rank 0 for a shared group, every rank for

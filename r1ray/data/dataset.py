@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from r1ray.data.schema import DataError, PromptRow
-from r1ray.data.template import check_template, render_prompt
+from r1ray.data.template import PromptStyle, as_style
 
 logger = logging.getLogger(__name__)
 
@@ -34,18 +34,18 @@ class PromptDataset:
         self,
         rows: Sequence[PromptRow],
         tokenizer: Any,
-        template: str,
+        template: str | PromptStyle,
         max_prompt_length: int | None,
     ) -> None:
-        check_template(template)
-        self.template = template
+        self.style = as_style(template)
+        self.template = self.style.template
         self.max_prompt_length = max_prompt_length
         self.items, self.n_dropped = self._build_items(rows, tokenizer)
 
     def _build_items(self, rows: Sequence[PromptRow], tokenizer: Any) -> tuple[list[PromptItem], int]:
         if not rows:
             raise DataError("no prompt rows to build a dataset from (check data.train_files)")
-        texts = [render_prompt(row.prompt, tokenizer, self.template) for row in rows]
+        texts = [self.style.render(row.prompt, tokenizer) for row in rows]
         # Chat templates already write any BOS into the text; plain templates let the tokenizer add it.
         ids = tokenizer(texts, add_special_tokens=self.template != "chat")["input_ids"]
         limit = self.max_prompt_length

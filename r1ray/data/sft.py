@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from r1ray.data.files import iter_raw_rows
 from r1ray.data.schema import DataError, PromptRow
-from r1ray.data.template import render_prompt
+from r1ray.data.template import PromptStyle, as_style
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +45,15 @@ def load_sft_rows(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def tokenize_sft(rows: Sequence[dict[str, Any]], tokenizer: Any, template: str,
+def tokenize_sft(rows: Sequence[dict[str, Any]], tokenizer: Any, template: str | PromptStyle,
                  max_length: int) -> tuple[list[SFTExample], int]:
     """Templated, tokenized examples; rows longer than max_length are dropped and counted."""
+    style = as_style(template)
     eos = tokenizer.eos_token_id
     examples, dropped = [], 0
     for row in rows:
-        prompt = tokenizer(render_prompt(row["prompt"], tokenizer, template),
-                           add_special_tokens=template != "chat")["input_ids"]
+        prompt = tokenizer(style.render(row["prompt"], tokenizer),
+                           add_special_tokens=style.template != "chat")["input_ids"]
         response = tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [eos]
         if len(prompt) + len(response) > max_length:
             dropped += 1

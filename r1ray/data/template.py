@@ -11,6 +11,7 @@ Templates:
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass, field
 from typing import Any
 
 R1_ZERO_TEMPLATE = (
@@ -49,6 +50,54 @@ def as_messages(prompt: Prompt) -> list[dict[str, str]]:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     return [dict(m) for m in prompt]
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How a dataset's prompts become text: the template, plus what the ``chat`` template puts around them.
+
+    ``system_prompt`` becomes the system message of prompts that have none (SmolLM2's and Qwen's chat
+    templates otherwise insert a default one). ``demonstrations`` are (question, answer) turns placed
+    before the question: a small instruct model that never writes ``<answer>`` tags unprompted writes
+    them in about half its samples after one worked example, which gives the accuracy reward something
+    to reinforce from the first step.
+    """
+
+    template: str = "r1_zero"
+    system_prompt: str = ""
+    demonstrations: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        check_template(self.template)
+        if (self.system_prompt or self.demonstrations) and self.template != "chat":
+            raise ValueError("data.system_prompt and data.demonstrations need data.template=chat (they are chat "
+                             "messages)")
+        for pair in self.demonstrations:
+            if len(pair) != 2 or not all(isinstance(x, str) and x for x in pair):
+                raise ValueError(f"data.demonstrations: each entry must be [question, answer], two non-empty "
+                                 f"strings; got {list(pair)!r}")
+
+    def messages(self, prompt: Prompt) -> list[dict[str, str]]:
+        """The chat messages of ``prompt`` with the system prompt and demonstrations added."""
+        messages = as_messages(prompt)
+        head = [m for m in messages if m["role"] == "system"]
+        rest = [m for m in messages if m["role"] != "system"]
+        if not head and self.system_prompt:
+            head = [{"role": "system", "content": self.system_prompt}]
+        shots = [{"role": role, "content": text} for question, answer in self.demonstrations
+                 for role, text in (("user", question), ("assistant", answer))]
+        return head + shots + rest
+
+    def render(self, prompt: Prompt, tokenizer: Any) -> str:
+        """The text the policy continues (see ``render_prompt``)."""
+        if self.template == "chat" and (self.system_prompt or self.demonstrations):
+            return render_prompt(self.messages(prompt), tokenizer, "chat")
+        return render_prompt(prompt, tokenizer, self.template)
+
+
+def as_style(template: str | PromptStyle) -> PromptStyle:
+    """A template name is shorthand for a style with no system prompt or demonstrations."""
+    return template if isinstance(template, PromptStyle) else PromptStyle(template)
 
 
 def render_prompt(prompt: Prompt, tokenizer: Any, template: str) -> str:

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from types import TracebackType
 from typing import Optional, Sequence
@@ -129,6 +129,9 @@ class RewardExecutor:
             if self._closed:
                 raise RuntimeError("RewardExecutor.score called after close()")
             self._await_workers()
+            # reward.language is the default; a row's own extra["language"] wins.
+            items = [item if "language" in item.extra else
+                     replace(item, extra={**item.extra, "language": self.spec.language}) for item in items]
             results: list[Optional[ScoreResult]] = [None] * len(items)
             pending = deque(range(len(items)))
             try:
@@ -293,7 +296,7 @@ def score_one(
     response: str,
     ground_truth: str,
     extra: Optional[dict] = None,
-    sample_timeout_s: float = 20.0,
+    sample_timeout_s: float = RewardSpec.sample_timeout_s,
 ) -> ScoreResult:
     """Score one response through a one-worker executor (the real path, as the ``r1ray score``
     CLI needs). ``extra["data_source"]``, if present, selects the accuracy reward of ``auto``."""

@@ -110,7 +110,7 @@ def last_boxed(text: str) -> Optional[str]:
 def last_number(text: str) -> Optional[str]:
     """The last number in the text, thousands separators removed ("1,234" -> "1234"); or None."""
     last = None
-    for last in _NUMBER_RE.finditer(text):
+    for last in _NUMBER_RE.finditer(text):  # noqa: B007 - the loop only runs to the last match
         pass
     return None if last is None else last.group(0).replace(",", "")
 

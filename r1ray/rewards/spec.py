@@ -6,7 +6,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence
 
+from r1ray.config import RewardConfig
 from r1ray.rewards.registry import get_reward_fn
+
+# The schema is the one source of these defaults (`r1ray score` used to time out after 20 s, training after 10 s).
+_DEFAULTS = RewardConfig()
 
 Status = Literal["ok", "timeout", "error", "unscorable"]
 
@@ -22,13 +26,16 @@ class RewardSpec:
         batch_timeout_s: whatever is unfinished this long after scoring starts is killed (the clock
             starts once the workers are up, so interpreter start-up is not charged to a batch).
         num_workers: worker processes in the pool.
+        language: target language of the language-consistency reward for samples whose row does not
+            name one in ``extra["language"]`` (``reward.language``).
     """
 
     names: Sequence[str]
     weights: Sequence[float]
-    sample_timeout_s: float = 20.0
-    batch_timeout_s: float = 600.0
-    num_workers: int = 4
+    sample_timeout_s: float = _DEFAULTS.sample_timeout_s
+    batch_timeout_s: float = _DEFAULTS.batch_timeout_s
+    num_workers: int = _DEFAULTS.processes
+    language: str = _DEFAULTS.language
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(self.names))

@@ -90,9 +90,9 @@ def _slots(role: str, pool: str, size: int):
     return placement.create(timeout_s=60)[role]
 
 
-def _actor_group(cfg, slots, **spec_changes) -> ActorGroup:
+def _actor_group(cfg, slots, engine_kind: str = "fsdp2", **spec_changes) -> ActorGroup:
     spec = replace(engine_spec(cfg, total_optimizer_steps=cfg.trainer.total_steps), **spec_changes)
-    group = ActorGroup(slots, engine_kind="fsdp2", spec=spec, loss=loss_settings(cfg), startup_timeout_s=120,
+    group = ActorGroup(slots, engine_kind=engine_kind, spec=spec, loss=loss_settings(cfg), startup_timeout_s=120,
                        collective_timeout_s=120)
     group.call("setup")
     return group

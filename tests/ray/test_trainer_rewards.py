@@ -34,6 +34,26 @@ def test_dynamic_sampling_filters_groups_before_the_reference_pass(ray_cluster, 
     trained = sum(p[0] for p in passes)
     assert 0 < trained < generated and trained % cfg.rollout.n == 0
     assert metrics["timing_s/ref_logprobs"] > 0 and metrics["actor/grad_norm"] > 0
+    # The reference is the policy's starting weights: at the first, on-policy update they agree.
+    assert metrics["actor/kl"] < 1e-6
+
+
+def test_model_ref_path_loads_another_reference(ray_cluster, small_config, tmp_path):
+    """model.ref_path: the reference is another checkpoint (here the tiny model built with another seed), so
+    the KL at the very first update is no longer zero."""
+    from r1ray.models import build_tiny_model
+
+    # The session's tiny model (tests/conftest.py TINY), from another seed.
+    other = build_tiny_model(tmp_path / "other", hidden=32, layers=2, heads=4, kv_heads=2,
+                             max_position_embeddings=256, seed=1)
+    cfg = small_config(tmp_path / "out", *FILTERING[1:], f"model.ref_path={other}")
+    trainer = Trainer(cfg)
+    trainer._build()
+    try:
+        metrics = trainer.step(1)
+    finally:
+        trainer.roles.shutdown()
+    assert metrics["actor/kl"] > 0.01 and metrics["actor/grad_norm"] > 0
 
 
 def test_no_reference_model_when_the_kl_coefficient_is_zero(ray_cluster, small_config, tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import ray
-import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[cpu]' (CI installs it)")
 

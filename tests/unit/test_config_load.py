@@ -459,3 +459,44 @@ def test_values_that_would_fail_later_or_learn_nothing_are_refused(override: str
 def test_an_importable_custom_reward_module_passes() -> None:
     load_config(None, BASE + ["reward.functions=[auto,r1ray.rewards.format_reward:format_reward]",
                               "reward.weights=[1.0,0.1]"])
+
+
+def test_a_config_that_names_its_pools_has_only_those_and_an_override_of_an_unused_one_is_refused() -> None:
+    quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    cfg = load_config(quickstart)
+    assert sorted(cfg.placement.pools) == ["gen", "train"]              # the schema's "default" is gone
+    with pytest.raises(ConfigError) as info:
+        load_config(quickstart, ["placement.pools.default.device=gpu"])
+    assert info.value.problems == ["placement.pools.default: set by an override, but no role uses this pool (the "
+                                   "roles use gen, train); point placement.actor/ref/rollout/reward at it or "
+                                   "override a used pool"]
+
+
+def test_without_pools_in_the_config_the_schemas_default_pool_serves_every_role(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {{path: {tmp_path}}}\ndata: {{generate: {{task: arithmetic}}}}\n")
+    cfg = load_config(config, ["placement.pools.default.devices_per_node=2"])
+    assert list(cfg.placement.pools) == ["default"] and cfg.placement.pools["default"].devices_per_node == 2
+    assert {cfg.placement.actor, cfg.placement.ref, cfg.placement.rollout, cfg.placement.reward} == {"default"}
+
+
+def test_the_gpu_recipe_runs_on_deepspeed_with_the_documented_override() -> None:
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed: pip install -e '.[dev]' (CI installs it)")
+    cfg = load_config(REPO / "configs" / "r1_zero_qwen2.5_7b_math.yaml",
+                      [f"data.train_files=[{GSM8K_SAMPLE}]", "data.val_files=[]", "actor.engine=deepspeed",
+                       "actor.zero_stage=3"])
+    assert (cfg.actor.engine, cfg.actor.zero_stage, cfg.model.dtype) == ("deepspeed", 3, "bfloat16")
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    (["actor.engine=deepspeed", "actor.zero_stage=1"],
+     "actor.zero_stage: 1; the DeepSpeed engine runs ZeRO stage 2 or 3"),
+    (["actor.cpu_offload=true"], "actor.cpu_offload: only the DeepSpeed engine offloads; set actor.engine=deepspeed "
+                                 "or leave it false (FSDP2 frees the device between phases when colocated)"),
+])
+def test_engine_fields_that_the_engine_would_ignore_are_refused(overrides: list[str], problem: str) -> None:
+    if "actor.engine=deepspeed" in overrides:
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (its absence is a problem of its own)")
+    with pytest.raises(ConfigError) as info:
+        load_config(None, BASE + overrides)
+    assert info.value.problems == [problem]

@@ -1,6 +1,8 @@
 """The two engine protocols (DESIGN §4). Workers are written once against these; backends implement them.
 
-TrainEngine  — FSDP2 (`fsdp2.py`): actor and reference.
+TrainEngine  — FSDP2 (`fsdp2.py`) and DeepSpeed ZeRO 2/3 (`deepspeed_engine.py`): actor and reference. Both
+build `forward_logprobs` and `train_step` from the same loop (`train_loop.py`) over a few primitives
+(forward of one micro-batch, backward, optimizer step, current lr) and implement the rest themselves.
 RolloutEngine — Hugging Face decode loop (`hf_rollout.py`) and vLLM (`vllm_rollout.py`): rollout, both
 built from one `RolloutSpec` and implementing the whole protocol (generation, the receiving end of the
 weight sync, sleep/wake for colocation, cache reset).
@@ -14,11 +16,17 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 from torch import Tensor
 
+from r1ray.config import ActorConfig, ModelConfig
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch
 
 # loss_fn(micro_batch, logprobs (b, R), entropy (b, R) or None) -> (scalar loss already weighted for
 # gradient accumulation, metrics of this micro-batch)
 LossFn = Callable[[TrainBatch, Tensor, "Tensor | None"], "tuple[Tensor, dict[str, float]]"]
+
+# (name, shape, dtype name) in send order: the weight-sync manifest (`weight_sync.Manifest`).
+ParameterManifest = list[tuple[str, tuple[int, ...], str]]
+
+_ACTOR, _MODEL = ActorConfig(), ModelConfig()
 
 # One fingerprint table per receiving process: row i = [S1, S2] of manifest entry i (see fingerprint.py).
 FingerprintTable = list[list[int]]
@@ -26,26 +34,27 @@ FingerprintTable = list[list[int]]
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """What an engine needs to build itself; assembled from the config by the worker."""
+    """What an engine needs to build itself; assembled from the config by `controller.roles.engine_spec`.
+    Defaults are the schema's (`ActorConfig`, `ModelConfig`), so a spec built in a test trains like a run."""
 
     model_path: str
-    dtype: str = "float32"                  # compute dtype
-    attn_implementation: str = "sdpa"
-    trust_remote_code: bool = False
+    dtype: str = _MODEL.dtype               # compute dtype
+    attn_implementation: str = _MODEL.attn_implementation
+    trust_remote_code: bool = _MODEL.trust_remote_code
     trainable: bool = True                  # False: reference (no optimizer, no grads)
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"
-    min_lr_ratio: float = 0.0
+    lr: float = _ACTOR.lr
+    weight_decay: float = _ACTOR.weight_decay
+    betas: tuple[float, float] = tuple(_ACTOR.betas)
+    warmup_steps: int = _ACTOR.warmup_steps
+    lr_schedule: str = _ACTOR.lr_schedule
+    min_lr_ratio: float = _ACTOR.min_lr_ratio
     total_optimizer_steps: int = 1
-    micro_batch_tokens: int = 8192
-    padding_free: str = "auto"              # micro-batch layout: "auto" packs only with a varlen kernel
-    grad_clip: float = 1.0
-    gradient_checkpointing: bool = False
-    zero_stage: int = 3
-    cpu_offload: bool = False
+    micro_batch_tokens: int = _ACTOR.micro_batch_tokens
+    padding_free: str = _ACTOR.padding_free  # micro-batch layout: "auto" packs only with a varlen kernel
+    grad_clip: float = _ACTOR.grad_clip
+    gradient_checkpointing: bool = _ACTOR.gradient_checkpointing
+    zero_stage: int = _ACTOR.zero_stage     # deepspeed: ZeRO stage, 2 or 3
+    cpu_offload: bool = _ACTOR.cpu_offload  # deepspeed: optimizer state (and ZeRO-3 parameters) on the CPU
     seed: int = 0
 
 
@@ -75,16 +84,23 @@ class TrainEngine(Protocol):
         """Per-token logprobs (B, R) of the response tokens, no grad; entropy (B, R) if asked."""
 
     def train_step(self, batch: TrainBatch, loss_fn: LossFn, temperature: float) -> dict[str, float]:
-        """One optimizer step over `batch`, micro-batched by the token budget; returns metrics."""
+        """One optimizer step over `batch`, micro-batched by the token budget; returns metrics
+        (the loss_fn's, averaged over micro-batches, plus actor/grad_norm, actor/lr, actor/skipped_steps)."""
 
-    def named_full_weights(self) -> Iterator[tuple[str, Tensor]]:
-        """Full (unsharded) weights by Hugging Face name. A collective: every rank must iterate."""
+    def named_full_weights(self, names: Sequence[str] | None = None) -> Iterator[tuple[str, Tensor]]:
+        """Full (unsharded) weights by Hugging Face name, one at a time; each tensor stays valid after the
+        next one is yielded. `names` defaults to every state-dict entry (tied weights under each of their names). The
+        actor's are its float32 master weights. A collective: every rank must iterate all of it."""
+
+    def parameter_manifest(self, dtype: str) -> ParameterManifest:
+        """(name, full shape, "torch.<dtype>") of every parameter, tied weights once. Local, no collective."""
 
     def save(self, path: Path) -> None:
-        """Sharded save of weights and optimizer state (a collective)."""
+        """Sharded save of weights, optimizer and LR schedule state into the directory `path` (a
+        collective; the caller makes the checkpoint atomic)."""
 
     def load(self, path: Path) -> None:
-        """Inverse of `save`."""
+        """Inverse of `save`: the next `train_step` is the one the saved engine would have taken."""
 
     def offload(self) -> None:
         """Move weights and optimizer state off the accelerator (colocated roles)."""
