@@ -16,6 +16,7 @@ micro-batch count is agreed across ranks and a rank with fewer rows runs dummy p
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 import torch.distributed as dist
@@ -29,7 +30,7 @@ from r1ray.workers.engines.packing import (balanced_chunks, forward_response, pa
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class MicroBatchedEngine:
+class MicroBatchedEngine(ABC):
     """`forward_logprobs` and `train_step` of the TrainEngine protocol over a backend's primitives.
 
     Subclasses set `spec`, `device` and `packing` (padded or packed micro-batches, see `packing.py`).
@@ -42,28 +43,28 @@ class MicroBatchedEngine:
     # --- primitives, one implementation per backend -------------------------------------------------
 
     @property
+    @abstractmethod
     def forward_model(self) -> torch.nn.Module:
         """The callable a forward pass runs (takes Hugging Face keyword arguments, returns `.logits`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def train_mode(self, training: bool) -> None:
         """model.train() / model.eval()."""
-        raise NotImplementedError
 
+    @abstractmethod
     def backward(self, loss: Tensor) -> None:
         """Accumulate the gradients of `loss`, already weighted for accumulation: the backend must not
         rescale it (no division by a number of micro-batches)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def optimizer_step(self) -> float:
         """Clip the accumulated gradients to `spec.grad_clip`, step the optimizer unless their norm is
         non-finite, zero them and step the LR schedule (skipped steps too). Returns the global
         pre-clip gradient norm: non-finite exactly when the step was skipped."""
-        raise NotImplementedError
 
+    @abstractmethod
     def current_lr(self) -> float:
         """The learning rate of the next optimizer step."""
-        raise NotImplementedError
 
     # --- the loop, written once -----------------------------------------------------------------------
 
