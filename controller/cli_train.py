@@ -11,18 +11,25 @@ logger = logging.getLogger(__name__)
 
 
 def _train_cmd(args: argparse.Namespace) -> int:
-    from r1ray.config import load_config
+    from r1ray.config_load import load_config
+    from r1ray.controller.run_lock import RunLock
 
     # Validate before importing the training stack (torch, Ray, transformers: seconds), so a bad config
-    # is rejected at once.
+    # is rejected at once; so is a directory another run holds. The lock covers the plots too.
     cfg = load_config(args.config, args.overrides)
+    with RunLock(Path(cfg.trainer.output_dir)):
+        return _train(cfg)
+
+
+def _train(cfg) -> int:
+    """`r1ray train` once its config is valid and its output directory locked."""
     from r1ray.controller.pipeline import run_pipeline
     from r1ray.controller.plot import plot_run
     from r1ray.controller.ray_cluster import check_before_start
     from r1ray.controller.trainer import Trainer
 
     logging.getLogger().setLevel(cfg.logging.level)
-    check_before_start(cfg)              # before any file is written
+    check_before_start(cfg)              # before any file but the lock, which a refusal here removes
     out = Path(cfg.trainer.output_dir)
     if cfg.stages:
         run_pipeline(cfg)
@@ -54,7 +61,7 @@ def eval_summary(out: Path) -> list[str]:
 
 
 def _sft_cmd(args: argparse.Namespace) -> int:
-    from r1ray.config import load_config
+    from r1ray.config_load import load_config
     from r1ray.controller.sft import run_sft
 
     cfg = load_config(args.config, args.overrides)
@@ -66,7 +73,7 @@ def _sft_cmd(args: argparse.Namespace) -> int:
 def _eval_cmd(args: argparse.Namespace) -> int:
     import json
 
-    from r1ray.config import load_config
+    from r1ray.config_load import load_config
     from r1ray.controller.evaluate import run_eval
 
     cfg = load_config(args.config, args.overrides)
@@ -77,7 +84,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
 
 
 def _sample_cmd(args: argparse.Namespace) -> int:
-    from r1ray.config import load_config
+    from r1ray.config_load import load_config
     from r1ray.controller.sample import run_sample
 
     cfg = load_config(args.config, args.overrides)

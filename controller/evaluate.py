@@ -17,6 +17,7 @@ from r1ray.rewards import ScoreBatch
 from r1ray.workers.placement import Placement
 
 from r1ray.controller.inference import InferenceRoles, correct_flags
+from r1ray.controller.run_lock import holds_output_dir
 from r1ray.controller.run_setup import prompt_batch, start_inference_run
 from r1ray.controller.schedule import response_budget
 
@@ -53,6 +54,7 @@ def training_eval_sampling(cfg: R1RayConfig, step: int) -> SamplingParams:
                           max_new_tokens=response_budget(cfg.rollout, max(step, 1)), seed=t.seed + 7)
 
 
+@holds_output_dir
 def run_eval(cfg: R1RayConfig, placement: Placement | None = None) -> dict:
     """`r1ray eval`: evaluate model.path on data.val_files with the eval section's sampling; write JSON."""
     d = cfg.data

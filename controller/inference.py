@@ -30,7 +30,7 @@ class InferenceRoles:
         slots = placement.only(["rollout", "reward"]).create(cfg.trainer.startup_timeout_s)
         self.rollout = build_rollout_group(cfg, slots["rollout"])
         self.reward = build_reward_group(cfg, slots["reward"])
-        ray.get(self.rollout.call_async("setup") + self.reward.call_async("setup"))
+        ray.get(self.rollout.setup_async() + self.reward.setup_async())
 
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
         return self.rollout.generate(prompts, sampling)

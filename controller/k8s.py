@@ -92,8 +92,7 @@ _Dumper.add_representer(str, _str)
 def load_for_cluster(path: str | Path, overrides: Sequence[str] = ()) -> tuple[R1RayConfig, list[str]]:
     """The config, fully checked except that data and model files may exist only on the cluster's volume;
     those become warnings instead of errors."""
-    from r1ray.config import load_config
-    from r1ray.config_load import ConfigError
+    from r1ray.config_load import ConfigError, load_config
 
     try:
         return load_config(path, overrides), []

@@ -1,4 +1,4 @@
-"""Step metrics with the names verl and TRL users know (DESIGN §6), and the stage timer."""
+"""Step metrics with the names verl and TRL users know (docs/design.md §2), and the stage timer."""
 
 from __future__ import annotations
 

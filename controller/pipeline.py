@@ -18,6 +18,8 @@ from r1ray.config import R1RayConfig, StageConfig
 from r1ray.config_load import config_from_dict, config_to_dict
 from r1ray.errors import NothingToDo
 
+from r1ray.controller.run_lock import holds_output_dir
+
 logger = logging.getLogger(__name__)
 
 MARKER = "STAGE_COMPLETE.json"
@@ -83,6 +85,7 @@ def continue_reason(stage: StageConfig, stage_cfg: R1RayConfig, done: dict[str, 
     return None
 
 
+@holds_output_dir
 def run_pipeline(cfg: R1RayConfig) -> Carry:
     """Run the stages in order; finished ones are skipped unless they have more to do (`continue_reason`),
     and every stage after one that ran again is redone from its new output. Raises NothingToDo when every

@@ -1,7 +1,7 @@
 """Joining the Ray cluster: the one `ray job submit`/RAY_ADDRESS points at, or an embedded local one.
 
 The embedded cluster binds to 127.0.0.1 and starts no dashboard unless asked: Ray's dashboard and job
-API execute code, so they must not listen on a public interface by default (DESIGN §9).
+API execute code, so they must not listen on a public interface by default (docs/design.md §5).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from r1ray.config import R1RayConfig
 from r1ray.config_checks import uses_reference_model
 from r1ray.rewards import RewardSpec
 from r1ray.workers.engines import EngineSpec, RolloutSpec
+from r1ray.workers.engines.base import vllm_sleep_level
 from r1ray.workers.group import WorkerGroup
 from r1ray.workers.losses import LossSettings
 from r1ray.workers.placement import Placement
@@ -43,7 +44,7 @@ def shutdown_groups(groups: list[WorkerGroup]) -> None:
     """
     for group in groups:
         try:
-            group.call("shutdown")
+            group.shutdown()
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
             logger.debug("role '%s': a worker could not shut down cleanly: %s", group.role, exc)
         finally:
@@ -84,7 +85,7 @@ def rollout_spec(cfg: R1RayConfig) -> RolloutSpec:
         seed=cfg.trainer.seed, device=cfg.placement.pools[cfg.placement.rollout].device,
         trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation,
         generate_batch_size=r.generate_batch_size, tensor_parallel_size=r.tensor_parallel_size,
-        gpu_memory_utilization=r.gpu_memory_utilization, sleep_level=2 if r.free_cache_engine else 0,
+        gpu_memory_utilization=r.gpu_memory_utilization, sleep_level=vllm_sleep_level(r.free_cache_engine),
         cpu_kv_cache_gib=r.cpu_kv_cache_gib)
 
 
@@ -100,10 +101,6 @@ def build_reward_group(cfg: R1RayConfig, slots: list) -> RewardGroup:
                        collective_timeout_s=cfg.trainer.collective_timeout_s)
 
 
-# A reference model is built (and its logprob pass run) only when KL can be non-zero at some step.
-uses_reference = uses_reference_model
-
-
 def colocated(cfg: R1RayConfig) -> bool:
     """Actor and rollout share devices: the step runs the wake / sync / generate / sleep cycle."""
     return cfg.placement.rollout == cfg.placement.actor
@@ -111,7 +108,7 @@ def colocated(cfg: R1RayConfig) -> bool:
 
 def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
     """Reserve resources, start every group, build engines, and connect the weight-sync group."""
-    use_ref = uses_reference(cfg)
+    use_ref = uses_reference_model(cfg)      # KL can be non-zero at some step
     if not use_ref and cfg.algorithm.kl_placement != "none":
         logger.info("algorithm.kl_coef is 0 at every step: no reference model, no reference pass")
     wanted = ["actor", "rollout", "reward"] + (["ref"] if use_ref else [])
@@ -129,11 +126,11 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
     if colocated(cfg):
         # vLLM sizes its KV cache from the free device memory it profiles at start-up: it must start (and
         # go to sleep) before the actor and reference load onto the same devices.
-        roles.rollout.call("setup")
+        roles.rollout.setup()
         roles.rollout.sleep()
-        ray.get([r for g in (actor, ref, roles.reward) if g is not None for r in g.call_async("setup")])
+        ray.get([r for g in (actor, ref, roles.reward) if g is not None for r in g.setup_async()])
     else:
-        ray.get([r for g in roles.all() for r in g.call_async("setup")])
+        ray.get([r for g in roles.all() for r in g.setup_async()])
     connect_weight_sync(roles, cfg)
     return roles
 
@@ -159,9 +156,9 @@ def sync_layout(cfg: R1RayConfig, roles: Roles) -> tuple[list[SyncGroupSpec | No
     backend = sync_backend(cfg)
     if backend == "ipc":
         specs = [SyncGroupSpec(master_addr=h, master_port=p, world_size=2, backend="ipc", timeout_s=timeout)
-                 for h, p in ray.get(roles.actor.call_async("address"))]
+                 for h, p in roles.actor.addresses()]
         return specs, [[(specs[e * tp + t], 1) for t in range(tp)] for e in range(len(engines))]
-    host, port = ray.get(roles.actor.call_rank0_async("address"))
+    host, port = roles.actor.address()
     spec = SyncGroupSpec(master_addr=host, master_port=port, world_size=sync_world_size(engines, tp),
                          backend=backend, timeout_s=timeout)
     return ([spec] + [None] * (roles.actor.world_size - 1),

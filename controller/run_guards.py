@@ -1,5 +1,6 @@
-"""What stops a training run on purpose: a SIGTERM (stop after the step, with a checkpoint) and updates that
-learn nothing (every optimizer step skipped for a non-finite gradient, update after update)."""
+"""What stops a training run on purpose: a SIGTERM or a first Ctrl-C (stop after the step, with a checkpoint),
+a second Ctrl-C (stop at once), and updates that learn nothing (every optimizer step skipped for a
+non-finite gradient, update after update)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import logging
 import os
 import signal
 import threading
+from pathlib import Path
 
-from r1ray.errors import NonFiniteUpdates
+from r1ray.errors import Interrupted, NonFiniteUpdates
 
 logger = logging.getLogger(__name__)
 
@@ -27,28 +29,46 @@ def watch_skipped(in_a_row: int, metrics: dict[str, float], optimizer_steps: int
 
 
 class StopRequest:
-    """SIGTERM (what Kubernetes sends a pod it preempts, and `ray job stop`) asks the loop to stop: the
-    current step finishes, a checkpoint is written and the run ends with `Stopped`. A second SIGTERM, or
-    one outside the loop, takes the default action (exit at once). Installed only in the main thread."""
+    """SIGTERM (what Kubernetes sends a pod it preempts, and `ray job stop`) and a first Ctrl-C (SIGINT) ask
+    the loop to stop: the current step finishes, a checkpoint is written and the run ends with `Stopped`.
+    A second signal stops at once: a second Ctrl-C raises KeyboardInterrupt (the CLI ends with one line, no
+    traceback), a second SIGTERM takes the default action. Outside the loop both keep their usual meaning.
+    Installed only in the main thread."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.requested: str | None = None
-        self._installed = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-            self._installed = True
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def _handle(self, signum: int, frame) -> None:
         if self.requested:
+            self._restore()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
+            return
         self.requested = signal.Signals(signum).name
-        logger.warning("%s received: stopping after this step, with a checkpoint", self.requested)
+        again = "; press Ctrl-C again to stop now" if signum == signal.SIGINT else ""
+        logger.warning("%s received: stopping after this step, with a checkpoint%s", self.requested, again)
+
+    def _restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
 
     def __exit__(self, *exc) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+        self._restore()
+
+
+def interrupted(step: int, newest: Path | None) -> Interrupted:
+    """What a second Ctrl-C during `step` ends the run with: the step it cut short and the newest checkpoint
+    (`newest`), from which trainer.resume=auto goes on."""
+    saved = f"the last checkpoint is {newest}" if newest else "no checkpoint was written yet"
+    return Interrupted(f"stopped at once during step {step}; {saved}; continue with trainer.resume=auto")

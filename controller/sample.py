@@ -19,6 +19,7 @@ from r1ray.protocol import RolloutBatch, SamplingParams
 from r1ray.workers.placement import Placement
 
 from r1ray.controller.inference import InferenceRoles, correct_flags
+from r1ray.controller.run_lock import holds_output_dir
 from r1ray.controller.run_setup import prompt_batch, start_inference_run
 from r1ray.controller.schedule import response_budget
 
@@ -68,6 +69,7 @@ def select(groups: list[list[dict]], keep: int, language: str,
     return kept, total
 
 
+@holds_output_dir
 def run_sample(cfg: R1RayConfig, placement: Placement | None = None) -> Path:
     out_dir = Path(cfg.trainer.output_dir)
     cfg, placement, data = start_inference_run(cfg, placement)

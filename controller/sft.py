@@ -25,6 +25,7 @@ from r1ray.workers.placement import Placement
 from r1ray.controller.metrics import StageTimer, mean_over_ranks
 from r1ray.controller.ray_cluster import connect_for
 from r1ray.controller.roles import engine_spec, loss_settings, shutdown_groups
+from r1ray.controller.run_lock import holds_output_dir
 from r1ray.controller.run_setup import column_map, prepare_files
 from r1ray.controller.tracking import Trackers
 
@@ -57,6 +58,7 @@ def sft_files(cfg: R1RayConfig) -> list[str]:
     return [str(out)]
 
 
+@holds_output_dir
 def run_sft(cfg: R1RayConfig, placement: Placement | None = None) -> Path:
     """Train, then write the model; returns its directory."""
     check_sft_source(cfg)
@@ -82,7 +84,7 @@ def run_sft(cfg: R1RayConfig, placement: Placement | None = None) -> Path:
     trackers = Trackers.build(replace(cfg.logging, wandb=False), out_dir, total_steps=total, start_step=0,
                               run_id=None, config={})
     try:
-        actor.call("setup")
+        actor.setup()
         rng = np.random.default_rng(cfg.trainer.seed)
         for step in range(1, total + 1):
             if (step - 1) % steps_per_epoch == 0:
@@ -91,9 +93,9 @@ def run_sft(cfg: R1RayConfig, placement: Placement | None = None) -> Path:
             timer = StageTimer()
             with timer("update_actor"):
                 batch = sft_batch([examples[i] for i in order[start:start + per_step]])
-                metrics = mean_over_ranks(ray.get(actor.scatter_async("sft_update", batch)))
+                metrics = mean_over_ranks(ray.get(actor.sft_update_async(batch)))
             trackers.log(step, {**metrics, **timer.metrics()})
-        model_dir = Path(actor.call("save_hf", str(out_dir / "model"))[0])  # a collective: every rank gathers
+        model_dir = actor.save_hf(out_dir / "model")
     finally:
         trackers.close()
         shutdown_groups([actor])

@@ -150,7 +150,7 @@ def chdir(path: Path) -> Iterator[None]:
 def validate_in_working_dir(job: JobSpec, overrides: Sequence[str]) -> None:
     """Load the config as the job's driver will (relative paths start at the working dir), so that a typo
     fails here and not after the upload."""
-    from r1ray.config import load_config
+    from r1ray.config_load import load_config
 
     with chdir(Path(job.runtime_env["working_dir"])):
         load_config(job.metadata["r1ray_config"], overrides)

@@ -1,4 +1,4 @@
-"""The single controller: the GRPO loop as a readable sequence of worker-group calls (DESIGN §3).
+"""The single controller: the GRPO loop as a readable sequence of worker-group calls (docs/design.md §2).
 
     prompts -> rollout.generate -> reward.score  ||  ref.compute_logprobs (|| actor old logprobs)
             -> advantages (here, pure) -> actor.update -> weight sync -> log / eval / checkpoint
@@ -16,6 +16,7 @@ import torch
 
 from r1ray.algos import kl_coef_schedule
 from r1ray.config import R1RayConfig
+from r1ray.config_checks import uses_reference_model
 from r1ray.config_load import config_to_dict
 from r1ray.errors import NothingToDo, Stopped, WorkerFailure
 from r1ray.data.curriculum import CurriculumRule, CurriculumSource
@@ -40,7 +41,8 @@ from r1ray.controller.schedule import groups_unit, response_budget
 from r1ray.controller.tracking import Trackers
 from r1ray.controller.redact import redact
 from r1ray.controller.restarts import RESTARTABLE, describe_failure
-from r1ray.controller.run_guards import StopRequest, watch_skipped
+from r1ray.controller.run_guards import StopRequest, interrupted, watch_skipped
+from r1ray.controller.run_lock import RunLock
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ class Trainer:
         restore_rng(rng)
         if state is None:
             return 0, self.run_id
-        self.roles.actor.call("load", str(path / "actor"))
+        self.roles.actor.load(path / "actor")
         self.sampler.load_state_dict(state.sampler)
         logger.info("resumed from %s at step %d", path, state.step)
         return state.step, state.run_id
@@ -125,11 +127,16 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
-        """Run to trainer.total_steps; returns the last step's metrics.
+        """Run to trainer.total_steps; returns the last step's metrics. The run holds its output directory's
+        lock (`RunLock`) throughout: a second run into the same directory is refused.
 
         A worker failure (see `restarts`) tears the groups down and starts them again from the newest
         complete checkpoint (or the run's beginning), up to trainer.max_restarts times; metrics.jsonl is
         cut back to that checkpoint, so every step appears once. Then WorkerFailure names the worker."""
+        with RunLock(self.out_dir):
+            return self._fit()
+
+    def _fit(self) -> dict[str, float]:
         self._prepare()
         resume, limit = self.cfg.trainer.resume, self.cfg.trainer.max_restarts
         for restart in range(limit + 1):
@@ -153,11 +160,13 @@ class Trainer:
         t = self.cfg.trainer
         trackers = None
         last: dict[str, float] = {}
+        step = None                          # the step a second Ctrl-C stops, named in its message
         try:
             start, run_id = self._start(resume)
             trackers = Trackers.build(self.cfg.logging, self.out_dir, total_steps=t.total_steps, start_step=start,
                                       run_id=run_id, config=redact(config_to_dict(self.cfg)))
             self.run_id = trackers.run_id
+            step = start + 1
             with StopRequest() as stop:
                 if start == 0 and t.eval_before_train and self.data.val is not None:
                     trackers.log(0, self.evaluate(0))
@@ -170,7 +179,11 @@ class Trainer:
                         path = self.save(step)
                     if stop.requested and step < t.total_steps:
                         raise Stopped(f"{stop.requested} received: finished step {step} of {t.total_steps} and wrote "
-                                      f"{path}; continue with trainer.resume=auto")
+                                      f"{path}; continue with trainer.resume=auto", signal=stop.requested)
+        except KeyboardInterrupt as exc:
+            if step is None:
+                raise
+            raise interrupted(step, self.checkpoints.latest()) from exc
         finally:
             if trackers is not None:
                 trackers.close()
@@ -206,7 +219,7 @@ class Trainer:
             rollout = replace(rollout, scores=scores_tensor(scored.scores))
             if round_index == 0:
                 metrics.update(self._observe(step, scored))
-            chosen = select_groups(rollout.scores, cfg.rollout.n, dynamic_sampling=filtering, groups_unit=1)
+            chosen = select_groups(rollout.scores, cfg.rollout.n, dynamic_sampling=filtering)
             metrics.setdefault("frac_reward_zero_std", chosen.frac_zero_std)
             if chosen.rows:
                 kept.append(keep_rows(rollout, chosen.rows))
@@ -220,15 +233,15 @@ class Trainer:
         if filtering:
             with timer("ref_logprobs"):
                 rollout = self.with_logprobs(rollout)            # the kept groups only
-        if rollout.old_logprobs is not None:
-            metrics["rollout/old_logprob_gap"] = sampler_gap(rollout)
         with timer("advantage"):
             scores = shaped_scores(rollout.scores, rollout, cfg.algorithm, budget)
             batch = build_train_batch(rollout, scores, cfg.algorithm, kl_coef=kl_coef)
         with timer("update_actor"):
             metrics.update(self.update(batch, kl_coef))
-        metrics.update({"actor/kl_coef": kl_coef, **rollout_metrics(rollout, budget),
-                        **behaviour_rates(rollout.response_texts, cfg.eval.behaviour_words), **timer.metrics()})
+        if uses_reference_model(cfg):                            # KL is in use at some step
+            metrics["actor/kl_coef"] = kl_coef
+        behaviour = behaviour_rates(rollout.response_texts, cfg.eval.behaviour_words)
+        metrics.update({**rollout_metrics(rollout, budget), **behaviour, **timer.metrics()})
         metrics.update(throughput(rollout, metrics["timing_s/step"], self.placement.pools[self.placement.roles["actor"]].size))
         return metrics
 
@@ -332,17 +345,8 @@ class Trainer:
     def save(self, step: int) -> Path:
         state = TrainerState(step=step, sampler=self.sampler.state_dict(), run_id=self.run_id)
         return self.checkpoints.save(
-            state, write_actor=lambda d: self.roles.actor.call("save", str(d)), model_path=self.cfg.model.path,
+            state, write_actor=self.roles.actor.save, model_path=self.cfg.model.path,
             config_yaml=config_to_yaml_redacted(self.cfg))
-
-
-def sampler_gap(rollout: RolloutBatch) -> float:
-    """Mean |trainer - sampler| logprob over response tokens, both of the same weights (before any update
-    of the step): kernel and precision drift only, or a sync that did not land."""
-    mask = rollout.response_mask()
-    width = mask.shape[1]
-    gap = (rollout.old_logprobs[:, :width] - rollout.rollout_logprobs).abs() * mask
-    return float(gap.sum() / mask.sum().clamp(min=1))
 
 
 def wait_for(refs_by_role: dict[str, list], timeout_s: float) -> dict[str, list]:

@@ -1,6 +1,6 @@
 """r1ray: GRPO-family RL for reasoning LLMs (DeepSeek-R1 recipe) on a Ray single controller.
 
-Imports stay light here (DESIGN §2): the façade names resolve lazily, so `import r1ray` pulls in
+Imports stay light here (docs/design.md §1): the façade names resolve lazily, so `import r1ray` pulls in
 neither Ray nor the controller.
 """
 
@@ -12,7 +12,7 @@ __all__ = ["load_config", "Trainer", "__version__"]
 
 def __getattr__(name: str) -> Any:
     if name == "load_config":
-        from r1ray.config import load_config
+        from r1ray.config_load import load_config
 
         return load_config
     if name == "Trainer":

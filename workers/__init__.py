@@ -1,4 +1,4 @@
 """Ray actors of r1ray (import name `r1ray.workers`): one role per file, worker groups, placement, weight sync.
 
-Workers never import the controller (DESIGN §2).
+Workers never import the controller (docs/design.md §1).
 """

@@ -1,8 +1,10 @@
 """A WorkerGroup: the N Ray actors of one role, addressed together.
 
-Thin by design (DESIGN §7): no method binding by reflection, no generated classes. The controller names
-the method it calls; `call` blocks and returns every rank's result, `call_async` returns the Ray refs so
-independent calls on different groups can run at the same time; `scatter_async` cuts a batch by rank.
+Thin by design (docs/design.md §3): no method binding by reflection, no generated classes. The controller names
+the method it calls as an ordinary Python method of a role's group (these shared ones, the rest in
+`role_groups.py`). Underneath, the one place that names a worker method as a string: `_call` blocks and
+returns every rank's result, `_call_async` returns the Ray refs so that independent calls on different
+groups run at the same time, and `_scatter_async` cuts a batch by rank.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any, Sequence
 
 import ray
 
-from r1ray.protocol import concat_batches, split_batch
+from r1ray.protocol import split_batch
 from r1ray.workers.placement import WorkerSlot
 
 logger = logging.getLogger(__name__)
@@ -70,27 +72,45 @@ class WorkerGroup:
         return ray.get(refs)
 
     def ping(self) -> list[str]:
-        return self.call("ping")
+        return self._call("ping")
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+    def setup(self) -> None:
+        """Every rank builds its engine (or process pool), after the rendezvous."""
+        self._call("setup")
+
+    def setup_async(self) -> list[ray.ObjectRef]:
+        return self._call_async("setup")
+
+    def address(self) -> tuple[str, int]:
+        """Rank 0's host and a free port there, to host a rendezvous (the weight-sync group's)."""
+        return ray.get(self._call_rank0_async("address"))
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every rank's host and a free port there (a colocated "ipc" pair per rank)."""
+        return self._call("address")
+
+    def lifecycle(self) -> list[list[str]]:
+        """Per rank, the colocation calls it received, oldest first (`Worker.lifecycle`)."""
+        return self._call("lifecycle")
+
+    def shutdown(self) -> None:
+        """Every rank closes what it holds (process groups, engines, subprocess pools); `kill` ends them."""
+        self._call("shutdown")
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """Run `method` on every rank with the same arguments; wait and return all results."""
-        return ray.get(self.call_async(method, *args, **kwargs))
+        return ray.get(self._call_async(method, *args, **kwargs))
 
-    def call_async(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
+    def _call_async(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
         return [getattr(w, method).remote(*args, **kwargs) for w in self.workers]
 
-    def call_rank0_async(self, method: str, *args: Any, **kwargs: Any) -> ray.ObjectRef:
+    def _call_rank0_async(self, method: str, *args: Any, **kwargs: Any) -> ray.ObjectRef:
         return getattr(self.workers[0], method).remote(*args, **kwargs)
 
-    def scatter_async(self, method: str, batch: Any, *, even: bool = True, **kwargs: Any) -> list[ray.ObjectRef]:
+    def _scatter_async(self, method: str, batch: Any, *, even: bool = True, **kwargs: Any) -> list[ray.ObjectRef]:
         """Split `batch` into world_size contiguous parts and send part i to rank i (see `split_batch`)."""
         parts = split_batch(batch, self.world_size, even=even)
         return [getattr(w, method).remote(part, **kwargs) for w, part in zip(self.workers, parts)]
-
-    @staticmethod
-    def gather(refs: Sequence[ray.ObjectRef]) -> Any:
-        """Wait for per-rank batches and concatenate them back in rank order."""
-        return concat_batches(ray.get(list(refs)))
 
     def kill(self) -> None:
         for w in self.workers:

@@ -38,7 +38,13 @@ def denominator(mask: Tensor, agg: str) -> float:
 
 
 class ActorLoss:
-    """Callable LossFn for one mini-batch whose global denominator is already known."""
+    """Callable LossFn for one mini-batch whose global denominator is already known.
+
+    Beside the loss terms' metrics it reports `rollout/logprob_gap`: the mean |trainer - sampler| logprob of
+    the response tokens, both under the weights that sampled them (the old logprobs; on-policy, this update's
+    first and only forward). Kernels, precision and sampling settings make the two drift a little; a large
+    gap means a weight sync that did not land. The update's own steps never enter it.
+    """
 
     def __init__(self, settings: LossSettings, global_denominator: float, world_size: int):
         self.s = settings
@@ -66,8 +72,7 @@ class ActorLoss:
             if s.kl_coef > 0:
                 loss = loss + s.kl_coef * kl
         if micro.rollout_logprobs is not None:
-            # Sampler vs trainer logprobs of the same tokens: kernels and sampling settings make them drift.
-            gap = (logprobs.detach() - micro.rollout_logprobs.to(device)).abs()
+            gap = (old - micro.rollout_logprobs.to(device)).abs()
             out["rollout/logprob_gap"] = float((gap * mask).sum() / mask.sum().clamp(min=1))
         if entropy is not None:
             ent = aggregate_loss(entropy, mask, s.agg, norm_len=s.norm_len)

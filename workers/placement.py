@@ -1,4 +1,4 @@
-"""Placement as data: resource pools (nodes x devices) and a mapping role -> pool (DESIGN §4).
+"""Placement as data: resource pools (nodes x devices) and a mapping role -> pool (docs/design.md §5).
 
 Roles mapped to the same pool are colocated: each bundle of the pool hosts one worker of every such
 role, each asking for an equal fraction of the bundle, so Ray packs them together. Roles on different

@@ -8,11 +8,14 @@ consecutive bundles of one node, and its worker sits on the first of them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import ray
 
+from r1ray.engines import ROLLOUT_ENGINES
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch, chunk_rows, concat_batches
 from r1ray.rewards import RewardItem, RewardSpec, ScoreBatch
 from r1ray.workers.actor import ActorWorker
@@ -61,7 +64,8 @@ def sync_world_size(engines: Sequence[EngineSlot], tp: int) -> int:
 
 
 def client_threads(spec: RolloutSpec) -> dict[str, str]:
-    """A vLLM rollout worker is only the engine's client: one OpenMP thread, from process start.
+    """A rollout worker that is only its engine's client (vLLM: `client_threads` in `r1ray.engines`) gets
+    that many OpenMP threads, from process start; other engines keep the placement's share.
 
     vLLM forks its engine-core process from this one, and OpenMP's thread count comes from the
     environment of the process start (torch.set_num_threads changes only the calling thread): with two
@@ -69,7 +73,8 @@ def client_threads(spec: RolloutSpec) -> dict[str, str]:
     busy-polling processes, and the quickstart's generation took 3.2 s a step instead of 0.25 s. vLLM's
     compute threads are set from its CPU binding (`vllm_rollout`), not from this.
     """
-    return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if spec.engine == "vllm" else {}
+    threads = ROLLOUT_ENGINES.get(spec.engine).client_threads
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
 
 
 class RolloutGroup(WorkerGroup):
@@ -83,7 +88,7 @@ class RolloutGroup(WorkerGroup):
 
     def generate_async(self, prompts: PromptBatch, sampling: SamplingParams) -> list[ray.ObjectRef]:
         """Prompts spread over the engines (contiguous shares)."""
-        return self.scatter_async("generate", prompts, even=False, sampling=sampling)
+        return self._scatter_async("generate", prompts, even=False, sampling=sampling)
 
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
         """Rows come back grouped by prompt, in prompt order."""
@@ -94,16 +99,13 @@ class RolloutGroup(WorkerGroup):
         return [w.init_weight_sync.remote(m) for w, m in zip(self.workers, members)]
 
     def receive_weights_async(self, manifest: Manifest) -> list[ray.ObjectRef]:
-        return self.call_async("receive_weights", manifest)
+        return self._call_async("receive_weights", manifest)
 
     def sleep(self) -> None:
-        self.call("sleep")
+        self._call("sleep")
 
     def wake(self, tags: Sequence[str]) -> None:
-        self.call("wake", list(tags))
-
-    def lifecycle(self) -> list[list[str]]:
-        return self.call("lifecycle")
+        self._call("wake", list(tags))
 
 
 class RewardGroup(WorkerGroup):
@@ -132,7 +134,7 @@ class PolicyGroup(WorkerGroup):
     """What actor and reference groups share: per-token logprobs of a batch split over ranks."""
 
     def compute_logprobs_async(self, batch: TrainBatch, temperature: float) -> list[ray.ObjectRef]:
-        return self.scatter_async("compute_logprobs", batch, even=False, temperature=temperature)
+        return self._scatter_async("compute_logprobs", batch, even=False, temperature=temperature)
 
 
 class RefGroup(PolicyGroup):
@@ -153,11 +155,15 @@ class ActorGroup(PolicyGroup):
     def update_async(self, batch: TrainBatch, *, temperature: float, kl_coef: float, mini_batches: int,
                      ppo_epochs: int) -> list[ray.ObjectRef]:
         """Each rank trains on its contiguous share of the batch; one metrics dict per rank."""
-        return self.scatter_async("update", batch, temperature=temperature, kl_coef=kl_coef,
-                                  mini_batches=mini_batches, ppo_epochs=ppo_epochs)
+        return self._scatter_async("update", batch, temperature=temperature, kl_coef=kl_coef,
+                                   mini_batches=mini_batches, ppo_epochs=ppo_epochs)
+
+    def sft_update_async(self, batch: TrainBatch) -> list[ray.ObjectRef]:
+        """One SFT optimizer step, each rank on its contiguous share; one metrics dict per rank."""
+        return self._scatter_async("sft_update", batch)
 
     def weight_manifest(self, dtype: str) -> Manifest:
-        return ray.get(self.call_rank0_async("weight_manifest", dtype))
+        return ray.get(self._call_rank0_async("weight_manifest", dtype))
 
     def init_weight_sync_async(self, specs: list[SyncGroupSpec | None]) -> list[ray.ObjectRef]:
         """specs[r]: the group actor rank r sends to, or None."""
@@ -165,13 +171,25 @@ class ActorGroup(PolicyGroup):
 
     def send_weights_async(self, manifest: Manifest) -> list[ray.ObjectRef]:
         """Every rank gathers (a collective); rank 0's ref carries the sent fingerprints."""
-        return self.call_async("send_weights", manifest)
+        return self._call_async("send_weights", manifest)
 
     def onload(self) -> None:
-        self.call("onload")
+        self._call("onload")
 
     def offload(self) -> None:
-        self.call("offload")
+        self._call("offload")
 
     def full_weights(self) -> dict[str, Any]:
-        return self.call("full_weights")[0]
+        return self._call("full_weights")[0]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Every rank writes its shard of weights, optimizer and schedule state into the directory `path`."""
+        self._call("save", str(path))
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Inverse of `save`."""
+        self._call("load", str(path))
+
+    def save_hf(self, out: str | os.PathLike) -> Path:
+        """The policy as a Hugging Face model directory `out` (every rank gathers; rank 0 writes)."""
+        return Path(self._call("save_hf", str(out))[0])

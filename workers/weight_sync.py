@@ -43,14 +43,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from r1ray.models.loading import DTYPES
 from r1ray.workers.fingerprint import Fingerprints, WeightSyncError
 
 logger = logging.getLogger(__name__)
 
-Manifest = list[tuple[str, tuple[int, ...], str]]   # (name, shape, dtype name) in send order
-DTYPES = {"torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16}
+# (name, full shape, dtype name as in model.dtype: "float32", "bfloat16", ...) of every tensor, in send order;
+# the actor's engine lists it (`TrainEngine.parameter_manifest`), both sides derive the buckets from it.
+Manifest = list[tuple[str, tuple[int, ...], str]]
 
-__all__ = ["DTYPES", "Manifest", "SyncGroup", "SyncGroupSpec", "WeightSyncError", "bucket_plan"]
+__all__ = ["Manifest", "SyncGroup", "SyncGroupSpec", "WeightSyncError", "bucket_plan"]
 
 
 @dataclass(frozen=True)

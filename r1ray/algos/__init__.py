@@ -1,4 +1,4 @@
-"""Pure tensor functions of GRPO-family RL: advantages, losses, KL, entropy and sample filtering.
+"""Pure tensor functions of GRPO-family RL: advantages, losses, KL and sample filtering.
 
 Nothing here imports Ray or touches ``torch.distributed``; every function is tested on CPU against
 hand-computed values in ``tests/unit/test_algos_*.py``.
@@ -11,9 +11,7 @@ from r1ray.algos.advantages import (
     reinforce_pp_advantages,
     rloo_advantages,
 )
-from r1ray.algos.entropy import masked_entropy
 from r1ray.algos.filtering import dynamic_sampling_filter, overlong_loss_mask, overlong_reward_shaping
-from r1ray.algos.gae import gae_advantages, token_level_rewards
 from r1ray.algos.kl import KL_PENALTIES, KL_SCHEDULES, kl_coef_schedule, kl_penalty
 from r1ray.algos.masking import LOSS_AGGREGATIONS, aggregate_loss, masked_mean, masked_sum
 from r1ray.algos.policy_loss import policy_loss
@@ -26,11 +24,9 @@ __all__ = [
     "aggregate_loss",
     "compute_advantages",
     "dynamic_sampling_filter",
-    "gae_advantages",
     "grpo_advantages",
     "kl_coef_schedule",
     "kl_penalty",
-    "masked_entropy",
     "masked_mean",
     "masked_sum",
     "overlong_loss_mask",
@@ -38,5 +34,4 @@ __all__ = [
     "policy_loss",
     "reinforce_pp_advantages",
     "rloo_advantages",
-    "token_level_rewards",
 ]

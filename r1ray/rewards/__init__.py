@@ -4,7 +4,7 @@ Reward functions have the signature ``fn(response, ground_truth, extra) -> float
 the sample cannot be scored, which is not the same as wrong). Shipped functions, by name: see
 :func:`reward_names`; ``"package.module:function"`` plugs in your own. Scores are computed in worker
 processes by :class:`RewardExecutor`, which kills samples that run too long and counts timeouts
-and errors instead of scoring them 0 (DESIGN.md §9).
+and errors instead of scoring them 0 (docs/design.md §6).
 """
 
 from r1ray.rewards.auto import DATA_SOURCE_REWARDS

@@ -1,4 +1,4 @@
-"""Accuracy reward chosen per row by its ``data_source`` (verl's convention, DESIGN.md §6).
+"""Accuracy reward chosen per row by its ``data_source`` (verl's convention, docs/design.md §2).
 
 ``extra["data_source"]`` is looked up in :data:`DATA_SOURCE_REWARDS`, first as given, then
 lower-cased, then by its last path component ("openai/gsm8k" -> "gsm8k"). An unknown data source

@@ -5,7 +5,7 @@ A reward function scores one sampled response:
     fn(response: str, ground_truth: str, extra: dict) -> float | None
 
 It returns a float, or None when the sample cannot be scored (for example an unparseable ground
-truth). "Unscorable" is not "wrong" (DESIGN.md §9): callers keep None samples out of baselines
+truth). "Unscorable" is not "wrong" (docs/design.md §6): callers keep None samples out of baselines
 instead of treating them as 0.
 
 The one exception a reward function may raise is :class:`RewardTimeout`, raised when a time limit

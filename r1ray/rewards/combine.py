@@ -12,7 +12,7 @@ def combine_scores(
 
     A None component means that reward function could not score the sample; summing the others
     would silently change the reward's scale for that sample alone. So the whole sample is
-    unscorable (DESIGN.md §9: unscorable is not wrong) and stays out of the group baselines.
+    unscorable (docs/design.md §6: unscorable is not wrong) and stays out of the group baselines.
 
     Raises:
         ValueError: ``scores`` and ``weights`` name different reward functions (a caller bug).

@@ -17,6 +17,8 @@ _BOX_COMMANDS = ("\\boxed", "\\fbox")
 # A truncated response often ends inside an unclosed \boxed{; look a few boxes back, not all of
 # them, so that a response made of thousands of unclosed boxes stays linear.
 _MAX_BOX_ATTEMPTS = 3
+# Boxes read when looking for several boxed answers; a bound, so that scanning stays linear.
+_MAX_BOXES_READ = 16
 
 # "1,234" and "-3.5" are one number each; "1, 2" is two.
 _BRACE_RE = re.compile(r"[{}]")
@@ -107,12 +109,54 @@ def last_boxed(text: str) -> Optional[str]:
     return None
 
 
+def boxed_answers(text: str) -> list[str]:
+    """Contents (stripped) of the balanced ``\\boxed{}`` / ``\\fbox{}`` groups among the last
+    ``_MAX_BOXES_READ`` box commands, in order of their commands; a box inside another is read too,
+    unbalanced ones are left out."""
+    opens: list[tuple[int, int]] = []            # (command start, its "{"), the last box first
+    end = len(text)
+    for _ in range(_MAX_BOXES_READ):
+        at, cmd = max((text.rfind(cmd, 0, end), cmd) for cmd in _BOX_COMMANDS)
+        if at < 0:
+            break
+        brace = at + len(cmd)
+        while brace < len(text) and text[brace] == " ":
+            brace += 1
+        if brace < len(text) and text[brace] == "{":
+            opens.append((at, brace))
+        end = at
+    if not opens:
+        return []
+    closes = _closing_braces(text, opens[-1][1], {brace for _, brace in opens})
+    return [text[brace + 1 : closes[brace]].strip() for _, brace in reversed(opens) if brace in closes]
+
+
+def _closing_braces(text: str, start: int, wanted: set[int]) -> dict[int, int]:
+    """Where each "{" at a position in `wanted` is closed, in one pass from `start` (nested boxes are
+    not read again for each box)."""
+    closes: dict[int, int] = {}
+    stack: list[int] = []
+    for brace in _BRACE_RE.finditer(text, start):
+        if brace.group(0) == "{":
+            stack.append(brace.start())
+        elif stack:
+            opened = stack.pop()
+            if opened in wanted:
+                closes[opened] = brace.start()
+    return closes
+
+
 def last_number(text: str) -> Optional[str]:
     """The last number in the text, thousands separators removed ("1,234" -> "1234"); or None."""
     last = None
     for last in _NUMBER_RE.finditer(text):  # noqa: B007 - the loop only runs to the last match
         pass
     return None if last is None else last.group(0).replace(",", "")
+
+
+def numbers_in(text: str) -> list[str]:
+    """The numbers in the text, in order, thousands separators removed ("1,234 or 5" -> ["1234", "5"])."""
+    return [match.group(0).replace(",", "") for match in _NUMBER_RE.finditer(text)]
 
 
 def has_final_answer(response: str) -> bool:

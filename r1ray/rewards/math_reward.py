@@ -3,9 +3,11 @@
 The response's answer is the ``<answer>`` content if there is one, else the last ``\\boxed{}``; a
 response with neither scores 0. (A fallback to the last number in the text could be gamed: "the answer
 is 3/2" ends in the number 2. R1's rule-based accuracy reward likewise requires the answer in a stated
-format.) The ground truth may be a GSM8K solution ending in "#### 1,234" or a plain answer.
+format.) An answer that offers several candidates ("3 or 5 or 7") scores 0 unless the ground truth is itself
+several (:mod:`r1ray.rewards.hedge`). The ground truth may be a GSM8K solution ending in "#### 1,234" or a
+plain answer.
 
-Timeouts (DESIGN.md §9): math-verify bounds parsing and comparison with ``signal.alarm``, which
+Timeouts (docs/design.md §6): math-verify bounds parsing and comparison with ``signal.alarm``, which
 works only on the main thread. The reward executor runs this on the main thread of a worker
 process, so the alarm is armed there and a slow expression raises :class:`RewardTimeout` (counted as
 a timeout, never scored 0). On any other thread the alarm is disabled and the executor's outer
@@ -22,6 +24,7 @@ from typing import Any, Optional
 
 from r1ray.rewards.base import RewardTimeout, reward_fn
 from r1ray.rewards.extract import extract_final_answer, gsm8k_ground_truth
+from r1ray.rewards.hedge import hedged
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +123,8 @@ def math_correct(response: str, ground_truth: str, number_fallback: bool = False
         logger.debug("math: unparseable ground truth %.80r", ground_truth)
         return None
     answer = extract_final_answer(response, number_fallback=number_fallback)
-    return answer is not None and answer_matches(answer, gold)
+    # hedged() last: it reads the whole response, answer_matches refuses an overlong answer at once.
+    return answer is not None and answer_matches(answer, gold) and not hedged(response, answer, ground_truth)
 
 
 @reward_fn

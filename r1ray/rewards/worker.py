@@ -1,7 +1,7 @@
 """Scoring one sample, and the loop a reward worker process runs.
 
 The loop runs on the main thread of its own process, which is what math-verify's ``signal.alarm``
-timeouts need (DESIGN.md §9). Messages on the socket, parent -> worker: first ``(names, weights)``,
+timeouts need (docs/design.md §6). Messages on the socket, parent -> worker: first ``(names, weights)``,
 then ``(index, RewardItem)`` per sample, or ``None`` (exit). Worker -> parent: ``("ready", None)``
 once, or ``("failed", traceback)`` if start-up fails, then ``("result", index, ScoreResult)`` per
 sample.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import r1ray.config
+import r1ray.config_load
 from r1ray.controller.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,8 +66,8 @@ def test_python_example_places_roles_as_described(monkeypatch):
         def fit(self):
             return {}
 
-    real = r1ray.config.load_config
-    monkeypatch.setattr(r1ray.config, "load_config",  # the recipe's data lives on the cluster
+    real = r1ray.config_load.load_config
+    monkeypatch.setattr(r1ray.config_load, "load_config",  # the recipe's data lives on the cluster
                         lambda path, overrides=(): real(REPO / path, [*overrides, f"data.train_files=[{SAMPLE}]",
                                                                       f"data.val_files=[{SAMPLE}]"]))
     monkeypatch.setattr(trainer_module, "Trainer", Recorder)

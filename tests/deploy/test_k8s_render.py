@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import kuberay_schema
-from r1ray.config import load_config
+from r1ray.config_load import load_config
 from r1ray.config_load import ConfigError
 from r1ray.controller.cli import main
 from r1ray.controller.k8s import RenderError, RenderOptions, render

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from r1ray.config import load_config
+from r1ray.config_load import load_config
 from r1ray.config_load import config_to_dict
 from r1ray.controller.ray_cluster import LOOPBACK, dashboard_exposure_warning
 from r1ray.controller.redact import REDACTED, redact, redact_env, redact_text

@@ -18,12 +18,13 @@ import torch
 from r1ray.controller.advantage import build_train_batch
 from r1ray.controller.roles import engine_spec, loss_settings, rollout_spec, shutdown_groups
 from r1ray.controller.run_setup import build_datasets, prepare_files, prompt_batch
+from r1ray.models import DTYPES
 from r1ray.protocol import RolloutBatch, SamplingParams, TrainBatch
 from r1ray.workers.fingerprint import Fingerprints
 from r1ray.workers.placement import Placement, ResourcePool
 from r1ray.workers.role_groups import ActorGroup, RolloutGroup, engine_slots
 from r1ray.workers.rollout import RolloutWorker
-from r1ray.workers.weight_sync import DTYPES, Manifest, SyncGroupSpec
+from r1ray.workers.weight_sync import Manifest, SyncGroupSpec
 
 # Small buckets so the tiny model travels in many of them, the embedding (33 KB) alone in its own.
 BUCKET_BYTES = 4096
@@ -37,7 +38,7 @@ class ProbedRolloutWorker(RolloutWorker):
 
     def perturb(self, name: str) -> None:
         with torch.no_grad():
-            dict(self.engine.named_weights())[name].view(-1)[0] += 1.0
+            dict(self.engine.model.named_parameters())[name].view(-1)[0] += 1.0
 
     def held_fingerprints(self, manifest: Manifest) -> list[list[int]]:
         held = self.engine.model.state_dict()
@@ -47,7 +48,7 @@ class ProbedRolloutWorker(RolloutWorker):
         return prints.tolist()
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return {name: t.detach().cpu().clone() for name, t in self.engine.named_weights()}
+        return {name: t.detach().cpu().clone() for name, t in self.engine.model.named_parameters()}
 
 
 # Ray workers cannot import this conftest: ship the class above by value.
@@ -94,7 +95,7 @@ def _actor_group(cfg, slots, engine_kind: str = "fsdp2", **spec_changes) -> Acto
     spec = replace(engine_spec(cfg, total_optimizer_steps=cfg.trainer.total_steps), **spec_changes)
     group = ActorGroup(slots, engine_kind=engine_kind, spec=spec, loss=loss_settings(cfg), startup_timeout_s=120,
                        collective_timeout_s=120)
-    group.call("setup")
+    group.setup()
     return group
 
 
@@ -116,9 +117,9 @@ def actor_rollout(ray_cluster, small_config, tmp_path_factory):
     cfg = prepare_files(small_config(tmp_path_factory.mktemp("sync_run")))
     actor = _actor_group(cfg, _slots("actor", "sync_train", 2))
     rollout = probed_rollout_group(cfg, _slots("rollout", "sync_gen", 1))
-    rollout.call("setup")
+    rollout.setup()
     # The controller's connect_weight_sync, with small buckets to exercise the bucketed path.
-    host, port = ray.get(actor.call_rank0_async("address"))
+    host, port = actor.address()
     spec = SyncGroupSpec(master_addr=host, master_port=port, world_size=2, backend="gloo", timeout_s=60,
                          bucket_bytes=BUCKET_BYTES)
     ray.get([*actor.init_weight_sync_async([spec, None]), *rollout.init_weight_sync_async([[(spec, 1)]])])
@@ -129,8 +130,8 @@ def actor_rollout(ray_cluster, small_config, tmp_path_factory):
     sampling = SamplingParams(n=cfg.rollout.n, temperature=1.0, max_new_tokens=cfg.rollout.max_response_length, seed=3)
     generated = rollout.generate(prompts, sampling)
     batch = _train_batch(cfg, generated)
-    initial = actor.call("full_weights")[0]
+    initial = actor.full_weights()
     metrics = ray.get(actor.update_async(batch, temperature=1.0, kl_coef=0.0, mini_batches=1, ppo_epochs=1))
-    updated = actor.call("full_weights")[0]
+    updated = actor.full_weights()
     yield ActorRollout(cfg, actor, rollout, manifest, batch, initial, updated, metrics)
     shutdown_groups([actor, rollout])

@@ -1,6 +1,6 @@
 """Checkpoints and resume with the real Trainer on the session cluster.
 
-One scenario covers the resume rules of DESIGN §9: the dataset holds exactly two steps of prompts, so a
+One scenario covers the resume rules of docs/design.md §6: the dataset holds exactly two steps of prompts, so a
 run stopped after step 2 stops exactly at an epoch boundary; resuming it to 4 steps must train steps 3 and
 4 (not zero steps) on the same prompts, and reach the same weights, as the uninterrupted 4-step run.
 """
@@ -50,7 +50,7 @@ class ObservedTrainer(Trainer):
 
     def save(self, step: int) -> Path:
         path = super().save(step)
-        self.saved_weights[step] = self.roles.actor.call("full_weights")[0]
+        self.saved_weights[step] = self.roles.actor.full_weights()
         return path
 
 

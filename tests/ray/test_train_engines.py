@@ -1,9 +1,9 @@
 """The same contract tests for every TrainEngine: FSDP2 and DeepSpeed ZeRO-2 / ZeRO-3, 2 gloo ranks each.
 
 Per engine, one actor group trains two steps on batches from a real rollout (saving a checkpoint after the
-first), syncs its weights into an HF rollout engine and exports them; then a fresh group loads the
-checkpoint and takes the second step again, and rebuilds its engine with a small token budget to take
-the first step once more. The tests check what those runs recorded:
+first), syncs its weights into an HF rollout engine and exports them; then its workers build a new engine,
+which loads the checkpoint and takes the second step again, and rebuild it with a small token budget to
+take the first step once more. The tests check what those runs recorded:
 (a) the update does not depend on the micro-batch cut, (b) the sync is bit-exact, (c) a resumed step is
 the continued one bit for bit, (d) the export loads with `from_pretrained`, (e) FSDP2 and DeepSpeed
 compute the same loss and take the same step from the same weights and batch; and a NaN gradient skips
@@ -86,7 +86,7 @@ class ProbedRolloutWorker(RolloutWorker):
     """The real rollout worker (HF engine), plus test probes: read its weights back, leave a sync group."""
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return {name: t.detach().cpu().clone() for name, t in self.engine.named_weights()}
+        return {name: t.detach().cpu().clone() for name, t in self.engine.model.named_parameters()}
 
     def leave_weight_sync(self) -> None:
         self.engine.close()
@@ -106,7 +106,7 @@ class EngineRun:
     step2: list[dict]                   # ... on batch 2, continuing
     after2: dict
     checkpoint: Path                    # saved after step 1
-    resumed2: list[dict]                # a fresh group loaded `checkpoint` and updated on batch 2
+    resumed2: list[dict]                # a new engine loaded `checkpoint` and updated on batch 2
     resumed_after2: dict
     small_initial: dict                 # the engine rebuilt with SMALL_BUDGET, from the model on disk
     small_step1: list[dict]
@@ -130,7 +130,7 @@ def _start_actor(cfg, engine: str, pool: str) -> ActorGroup:
     group = ActorGroup(_slots("actor", pool, 2), engine_kind=kind, spec=spec, loss=loss_settings(cfg),
                        startup_timeout_s=180, collective_timeout_s=180, worker_cls=ProbedActorWorker)
     try:
-        group.call("setup")
+        group.setup()
     except BaseException:
         shutdown_groups([group])
         raise
@@ -144,7 +144,7 @@ def _update(group: ActorGroup, batch: TrainBatch) -> list[dict]:
 def _sync(actor: ActorGroup, rollout: RolloutGroup, manifest: list) -> tuple:
     """Join `actor` rank 0 and the rollout engine in a fresh gloo sync group and sync once, as the Trainer
     does; returns (sent fingerprints, received tables, the rollout engine's weights)."""
-    host, port = ray.get(actor.call_rank0_async("address"))
+    host, port = actor.address()
     spec = SyncGroupSpec(master_addr=host, master_port=port, world_size=2, backend="gloo", timeout_s=60,
                          bucket_bytes=BUCKET_BYTES)
     ray.get([*actor.init_weight_sync_async([spec, None]), *rollout.init_weight_sync_async([[(spec, 1)]])])
@@ -152,9 +152,9 @@ def _sync(actor: ActorGroup, rollout: RolloutGroup, manifest: list) -> tuple:
         send = actor.send_weights_async(manifest)
         receive = rollout.receive_weights_async(manifest)
         sent, received = ray.get(send)[0], [t for per_engine in ray.get(receive) for t in per_engine]
-        return sent, received, ray.get(rollout.call_async("weights"))[0]
+        return sent, received, ray.get(rollout.workers[0].weights.remote())
     finally:
-        rollout.call("leave_weight_sync")
+        ray.get(rollout.workers[0].leave_weight_sync.remote())
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def setting(ray_cluster, small_config, tmp_path_factory):
     cfg = prepare_files(small_config(tmp_path_factory.mktemp("engines_run")))
     rollout = RolloutGroup(engine_slots(_slots("rollout", "engines_gen", 1), 1, on_gpu=False), rollout_spec(cfg),
                            startup_timeout_s=180, collective_timeout_s=180, worker_cls=ProbedRolloutWorker)
-    rollout.call("setup")
+    rollout.setup()
     data = build_datasets(cfg)
     batches = []
     for seed, rows in ((3, [0, 1]), (4, [2, 3])):
@@ -195,32 +195,31 @@ def runs(setting, tmp_path_factory):
 def _run_engine(cfg, rollout: RolloutGroup, batch1: TrainBatch, batch2: TrainBatch, engine: str,
                 out: Path) -> EngineRun:
     checkpoint = out / "checkpoint"
-    actor = _start_actor(cfg, engine, f"{engine}_a")
+    actor = _start_actor(cfg, engine, engine)
     try:
         initial = actor.full_weights()
         step1 = _update(actor, batch1)
         after1 = actor.full_weights()
-        actor.call("save", str(checkpoint))
+        actor.save(checkpoint)
         step2 = _update(actor, batch2)
         after2 = actor.full_weights()
         manifest = actor.weight_manifest(cfg.model.dtype)
         sync = _sync(actor, rollout, manifest)
-        export = Path(actor.call("save_hf", str(out / "hf"))[0])
+        export = actor.save_hf(out / "hf")
+        # A new engine from the model on disk, built in the same workers (a second group would cost another
+        # start of every rank), loads the checkpoint: nothing of the first engine's state is left to help it.
+        ray.get([w.rebuild.remote() for w in actor.workers])
+        actor.load(checkpoint)
+        resumed2 = _update(actor, batch2)
+        resumed_after2 = actor.full_weights()
+        ray.get([w.rebuild.remote(micro_batch_tokens=SMALL_BUDGET) for w in actor.workers])
+        small_initial = actor.full_weights()
+        small_step1 = _update(actor, batch1)
+        small_after1 = actor.full_weights()
+        poisoned = _update(actor, replace(batch1, advantages=torch.full_like(batch1.advantages, float("nan"))))
+        after_poisoned = actor.full_weights()
     finally:
         shutdown_groups([actor])
-    fresh = _start_actor(cfg, engine, f"{engine}_b")
-    try:
-        fresh.call("load", str(checkpoint))
-        resumed2 = _update(fresh, batch2)
-        resumed_after2 = fresh.full_weights()
-        fresh.call("rebuild", micro_batch_tokens=SMALL_BUDGET)
-        small_initial = fresh.full_weights()
-        small_step1 = _update(fresh, batch1)
-        small_after1 = fresh.full_weights()
-        poisoned = _update(fresh, replace(batch1, advantages=torch.full_like(batch1.advantages, float("nan"))))
-        after_poisoned = fresh.full_weights()
-    finally:
-        shutdown_groups([fresh])
     return EngineRun(initial, step1, after1, step2, after2, checkpoint, resumed2, resumed_after2, small_initial,
                      small_step1, small_after1, poisoned, after_poisoned, manifest, sync, export)
 
@@ -280,7 +279,7 @@ def test_the_weight_sync_gives_the_rollout_engine_the_actors_weights_bit_for_bit
 
 
 @pytest.mark.parametrize("engine", _engine_params(ENGINES))
-def test_a_fresh_group_resumed_from_the_checkpoint_takes_the_continued_step(runs, engine):
+def test_a_new_engine_resumed_from_the_checkpoint_takes_the_continued_step(runs, engine):
     run = runs(engine)
     assert [m["actor/lr"] for m in run.step1] != [m["actor/lr"] for m in run.step2]     # the schedule moved
     for got, want in zip(run.resumed2, run.step2):

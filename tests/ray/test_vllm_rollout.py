@@ -18,14 +18,14 @@ pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[cpu
 
 from r1ray.controller.advantage import logprob_view  # noqa: E402
 from r1ray.controller.roles import engine_spec, loss_settings, rollout_spec, shutdown_groups  # noqa: E402
-from r1ray.models import build_tiny_model, eos_ids, load_tokenizer  # noqa: E402
+from r1ray.models import DTYPES, build_tiny_model, eos_ids, load_tokenizer  # noqa: E402
 from r1ray.protocol import PromptBatch, SamplingParams  # noqa: E402
 from r1ray.workers.actor import ActorWorker  # noqa: E402
 from r1ray.workers.engines.hf_rollout import HFRolloutEngine  # noqa: E402
 from r1ray.workers.fingerprint import Fingerprints, WeightSyncError, verify_fingerprints  # noqa: E402
 from r1ray.workers.placement import Placement, ResourcePool  # noqa: E402
 from r1ray.workers.role_groups import ActorGroup, RolloutGroup, engine_slots, sync_world_size  # noqa: E402
-from r1ray.workers.weight_sync import DTYPES, SyncGroupSpec  # noqa: E402
+from r1ray.workers.weight_sync import SyncGroupSpec  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -112,8 +112,8 @@ def vllm_setup(ray_cluster, small_config, tmp_path_factory):
                        startup_timeout_s=300, collective_timeout_s=120, worker_cls=CorruptingActorWorker)
     rollout = RolloutGroup(engine_slots(_slots("rollout", "vllm_gen", ENGINES), 1, on_gpu=False), rollout_spec(cfg),
                            startup_timeout_s=300, collective_timeout_s=120)
-    ray.get(actor.call_async("setup") + rollout.call_async("setup"))
-    host, port = ray.get(actor.call_rank0_async("address"))
+    ray.get(actor.setup_async() + rollout.setup_async())
+    host, port = actor.address()
     spec = SyncGroupSpec(master_addr=host, master_port=port, world_size=sync_world_size(rollout.engines, 1),
                          backend="gloo", timeout_s=120, bucket_bytes=1 << 16)
     members = [[(spec, e.sync_rank_offset)] for e in rollout.engines]          # ranks 1 and 2
@@ -190,7 +190,7 @@ def test_processed_logprobs_match_the_actors_recomputed_logprobs(vllm_setup, tem
                            spec=engine_spec(setup.cfg, 1), loss=loss_settings(setup.cfg), startup_timeout_s=300,
                            collective_timeout_s=120)
     try:
-        reference.call("setup")
+        reference.setup()
         recomputed = torch.cat(ray.get(reference.compute_logprobs_async(logprob_view(batch), temperature)))
     finally:
         shutdown_groups([reference])
@@ -219,7 +219,7 @@ def test_a_tensor_corrupted_in_transit_is_named(vllm_setup):
     setup = vllm_setup
     names = [n for n, _, _ in setup.manifest]
     target = names[len(names) // 2]
-    sent = setup.actor.call_async("send_corrupted", setup.manifest, target)
+    sent = [w.send_corrupted.remote(setup.manifest, target) for w in setup.actor.workers]
     tables = [t for per_engine in ray.get(setup.rollout.receive_weights_async(setup.manifest)) for t in per_engine]
     honest = ray.get(sent)[0]
     with pytest.raises(WeightSyncError, match=rf"engine 1 holds 1 tensor\(s\) that differ from the actor's: {target}"):

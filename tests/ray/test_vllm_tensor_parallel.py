@@ -51,8 +51,8 @@ def test_tp2_engine_receives_the_sync_on_both_workers_and_matches_hf(ray_cluster
     engines = engine_slots(slots("rollout", "tp_gen", 2), 2, on_gpu=False)
     rollout = RolloutGroup(engines, rollout_spec(cfg), startup_timeout_s=300, collective_timeout_s=120)
     try:
-        ray.get(actor.call_async("setup") + rollout.call_async("setup"))
-        host, port = ray.get(actor.call_rank0_async("address"))
+        ray.get(actor.setup_async() + rollout.setup_async())
+        host, port = actor.address()
         spec = SyncGroupSpec(master_addr=host, master_port=port, world_size=sync_world_size(engines, 2),
                              backend="gloo", timeout_s=120)
         assert spec.world_size == 3                       # the sender + the engine's two TP workers

@@ -16,14 +16,14 @@ pytestmark = pytest.mark.timeout(300)
 
 def test_bucket_plan_groups_consecutive_same_dtype_up_to_the_budget():
     manifest = [
-        ("a", (4, 4), "torch.float32"),      # 64 bytes
-        ("b", (8,), "torch.float32"),        # 32
-        ("c", (8,), "torch.float32"),        # 32 -> would make 128 > 100: new bucket
-        ("d", (100,), "torch.float32"),      # 400: larger than a bucket, alone
-        ("e", (4,), "torch.float32"),        # 16
-        ("f", (4,), "torch.bfloat16"),       # 8, other dtype: new bucket
-        ("g", (4,), "torch.bfloat16"),       # 8
-        ("h", (2,), "torch.float32"),        # dtype changes back: new bucket
+        ("a", (4, 4), "float32"),            # 64 bytes
+        ("b", (8,), "float32"),              # 32
+        ("c", (8,), "float32"),              # 32 -> would make 128 > 100: new bucket
+        ("d", (100,), "float32"),            # 400: larger than a bucket, alone
+        ("e", (4,), "float32"),              # 16
+        ("f", (4,), "bfloat16"),             # 8, other dtype: new bucket
+        ("g", (4,), "bfloat16"),             # 8
+        ("h", (2,), "float32"),              # dtype changes back: new bucket
     ]
     assert bucket_plan(manifest, bucket_bytes=100) == [[0, 1], [2], [3], [4], [5, 6], [7]]
     assert bucket_plan(manifest, bucket_bytes=1 << 20) == [[0, 1, 2, 3, 4], [5, 6], [7]]
@@ -43,8 +43,8 @@ def test_sync_gives_the_rollout_engine_the_actors_weights_bit_for_bit(actor_roll
     assert len(bucket_plan(ar.manifest, ar.bucket_bytes)) > 3   # really bucketed
     sent, received = ar.sync()
     verify_fingerprints(names, sent, received, ["rollout engine 0 worker 0"])
-    engine = ray.get(ar.rollout.call_async("weights"))[0]
-    actor = ar.actor.call("full_weights")[0]
+    engine = ray.get(ar.rollout.workers[0].weights.remote())
+    actor = ar.actor.full_weights()
     assert sorted(engine) == sorted(names)
     for name in names:
         assert engine[name].dtype == actor[name].dtype == torch.float32, name
@@ -75,14 +75,14 @@ def test_a_damaged_engine_weight_changes_its_fingerprint_and_a_sync_repairs_it(a
     # Damage one element of one tensor in the middle of the model, inside the live engine: every
     # tensor is fingerprinted, so exactly that one is named.
     index = len(names) // 2
-    ray.get(ar.rollout.call_async("perturb", names[index]))
-    held = ray.get(ar.rollout.call_async("held_fingerprints", ar.manifest))[0]
+    ray.get(ar.rollout.workers[0].perturb.remote(names[index]))
+    held = ray.get(ar.rollout.workers[0].held_fingerprints.remote(ar.manifest))
     with pytest.raises(WeightSyncError, match=rf"holds 1 tensor\(s\) that differ from the actor's: {names[index]}$"):
         verify_fingerprints(names, sent, [held], ["rollout engine 0 worker 0"])
     # The next sync overwrites the damage.
     sent_again, received_again = ar.sync()
     assert sent_again == sent and received_again == [sent]
-    assert torch.equal(ray.get(ar.rollout.call_async("weights"))[0][names[index]], ar.updated[names[index]])
+    assert torch.equal(ray.get(ar.rollout.workers[0].weights.remote())[names[index]], ar.updated[names[index]])
 
 
 @ray.remote(num_cpus=0.25)
@@ -110,7 +110,7 @@ def test_ipc_pair_shares_buckets_through_host_memory_across_processes(ray_cluste
 
     torch.manual_seed(0)
     weights = [(f"w{i}", torch.randn(64, 33)) for i in range(5)] + [("b", torch.randn(7))]
-    manifest = [(n, tuple(t.shape), "torch.float32") for n, t in weights]
+    manifest = [(n, tuple(t.shape), "float32") for n, t in weights]
     spec = SyncGroupSpec(master_addr="127.0.0.1", master_port=free_port(), world_size=2, backend="ipc",
                          timeout_s=60, bucket_bytes=64 * 33 * 4 * 2)        # two weights per bucket
     assert len(bucket_plan(manifest, spec.bucket_bytes)) == 3

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from r1ray.algos import (
     ADVANTAGE_ESTIMATORS,
     compute_advantages,
-    gae_advantages,
     grpo_advantages,
     reinforce_pp_advantages,
     rloo_advantages,
-    token_level_rewards,
 )
 
 NAN = float("nan")
@@ -172,57 +168,3 @@ def test_compute_advantages_unknown_name_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="grpo, drgrpo, rloo"):
         compute_advantages("ppo", torch.zeros(2), 2)
 
-
-# ---- token-level rewards and GAE ---------------------------------------------------------------
-
-
-def test_token_level_rewards_on_last_valid_token() -> None:
-    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
-    scores = torch.tensor([1.0, 2.0, 3.0, NAN])
-    # row 0 ends at t=2, row 1 at t=0, row 2 is empty (nothing placed), row 3 unscorable (0)
-    expected = [[0.0, 0.0, 1.0, 0.0], [2.0, 0.0, 0.0, 0.0], [0.0] * 4, [0.0] * 4]
-    _close(token_level_rewards(scores, mask), expected)
-
-
-def test_token_level_rewards_with_kl() -> None:
-    mask = torch.tensor([[1, 1, 0]])
-    kl = torch.tensor([[0.5, 1.0, 99.0]])
-    # [0 - 0.1 * 0.5, 1 - 0.1 * 1.0, padding stays 0] = [-0.05, 0.9, 0]
-    _close(token_level_rewards(torch.tensor([1.0]), mask, kl=kl, kl_coef=0.1), [[-0.05, 0.9, 0.0]])
-
-
-def test_gae_hand_computed() -> None:
-    # gamma = 0.9, lam = 0.5, rewards [0, 0, 1], values [0.5, 0.6, 0.7]
-    # t=2: delta = 1 + 0 - 0.7 = 0.3;           A2 = 0.3
-    # t=1: delta = 0 + 0.9 * 0.7 - 0.6 = 0.03;  A1 = 0.03 + 0.45 * 0.3 = 0.165
-    # t=0: delta = 0 + 0.9 * 0.6 - 0.5 = 0.04;  A0 = 0.04 + 0.45 * 0.165 = 0.11425
-    # returns = A + V = [0.61425, 0.765, 1.0]
-    rewards = torch.tensor([[0.0, 0.0, 1.0]])
-    values = torch.tensor([[0.5, 0.6, 0.7]])
-    advantages, returns = gae_advantages(rewards, values, torch.ones(1, 3), gamma=0.9, lam=0.5)
-    _close(advantages, [[0.11425, 0.165, 0.3]])
-    _close(returns, [[0.61425, 0.765, 1.0]])
-
-
-def test_gae_skips_masked_steps() -> None:
-    # The masked middle step (garbage reward/value) must behave as if it were absent:
-    # the same sequence with the gap removed gives the same numbers at the valid positions.
-    rewards = torch.tensor([[0.0, 99.0, 0.0, 1.0, 7.0]])
-    values = torch.tensor([[0.5, -99.0, 0.6, 0.7, 3.0]])
-    mask = torch.tensor([[1, 0, 1, 1, 0]])
-    advantages, returns = gae_advantages(rewards, values, mask, gamma=0.9, lam=0.5)
-    _close(advantages, [[0.11425, 0.0, 0.165, 0.3, 0.0]])
-    _close(returns, [[0.61425, 0.0, 0.765, 1.0, 0.0]])
-
-
-def test_gae_lambda_one_gamma_one_is_return_minus_value() -> None:
-    rewards = torch.tensor([[0.0, 0.0, 2.0], [0.0, 1.0, 0.0]])
-    values = torch.tensor([[0.2, 0.4, 0.8], [0.5, 0.5, 0.0]])
-    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    advantages, returns = gae_advantages(rewards, values, mask)
-    # returns-to-go: row 0 = [2, 2, 2]; row 1 = [1, 1, padding 0]
-    _close(returns, [[2.0, 2.0, 2.0], [1.0, 1.0, 0.0]])
-    _close(advantages, [[1.8, 1.6, 1.2], [0.5, 0.5, 0.0]])
-    empty_adv, empty_ret = gae_advantages(torch.zeros(2, 0), torch.zeros(2, 0), torch.zeros(2, 0))
-    assert empty_adv.shape == empty_ret.shape == (2, 0)
-    assert not math.isnan(float(gae_advantages(rewards, values, torch.zeros(2, 3))[0].sum()))

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from r1ray.algos import LOSS_AGGREGATIONS, aggregate_loss, masked_entropy, masked_mean, policy_loss
+from r1ray.algos import LOSS_AGGREGATIONS, aggregate_loss, masked_mean, policy_loss
 
 
 def _logprobs_for_ratios(ratios: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,34 +195,3 @@ def test_policy_loss_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="valid names"):
         policy_loss(ones, ones, torch.ones(2), ones, agg="sum")
 
-
-# ---- masked_entropy ----------------------------------------------------------------------------
-
-
-def test_masked_entropy_hand_computed() -> None:
-    # uniform over 4 -> ln 4 = 1.386294
-    # p = [1/4, 3/4] (logits [0, ln 3]) -> 0.25 ln 4 + 0.75 ln(4/3) = 0.346574 + 0.215762 = 0.562335
-    # logits [0, 0, -inf, -inf] -> uniform over 2 = ln 2 = 0.693147
-    # logits [1000, 0, 0, 0] -> ~0 without overflow; the last position is masked -> 0
-    logits = torch.tensor(
-        [
-            [[0.0, 0.0, 0.0, 0.0], [0.0, math.log(3), -math.inf, -math.inf], [0.0, 0.0, -math.inf, -math.inf]],
-            [[1000.0, 0.0, 0.0, 0.0], [3.0, 1.0, 2.0, 0.5], [1.0, 2.0, 3.0, 4.0]],
-        ],
-        requires_grad=True,
-    )
-    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    entropy = masked_entropy(logits, mask)
-    reference = torch.distributions.Categorical(logits=logits[1, 1].detach()).entropy().item()
-    expected = torch.tensor([[1.386294, 0.562335, 0.693147], [0.0, reference, 0.0]])
-    torch.testing.assert_close(entropy.detach(), expected, atol=1e-5, rtol=0)
-    entropy.sum().backward()
-    assert torch.isfinite(logits.grad).all()
-    assert torch.equal(logits.grad[1, 2], torch.zeros(4))
-
-
-def test_masked_entropy_dtype_and_shape_check() -> None:
-    logits = torch.randn(2, 3, 5).bfloat16()
-    assert masked_entropy(logits, torch.ones(2, 3)).dtype == torch.bfloat16
-    with pytest.raises(ValueError, match="mask"):
-        masked_entropy(logits, torch.ones(2, 5))

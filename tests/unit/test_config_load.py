@@ -1,7 +1,7 @@
 """The config schema and its loader: defaults <- YAML <- dotted overrides, and every rejected mistake.
 
 Each rejected mistake is checked by the problem line it produces: the dotted key it names and the
-fix it suggests (DESIGN §5). Shipped YAML files are loaded and validated here too (DESIGN §8).
+fix it suggests (docs/design.md §7). Shipped YAML files are loaded and validated here too (docs/design.md §7).
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from r1ray.config import (
     R1RayConfig,
     RolloutConfig,
     field_help,
-    load_config,
 )
-from r1ray.config_load import ConfigError, config_to_dict, config_to_yaml
+from r1ray.config_load import ConfigError, config_to_dict, config_to_yaml, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

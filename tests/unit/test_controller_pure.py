@@ -14,7 +14,8 @@ import torch
 from omegaconf import OmegaConf
 
 from r1ray.algos import aggregate_loss, kl_penalty, policy_loss
-from r1ray.config import AlgorithmConfig, R1RayConfig, RolloutConfig, load_config
+from r1ray.config import AlgorithmConfig, R1RayConfig, RolloutConfig
+from r1ray.config_load import load_config
 from r1ray.config_load import config_to_dict
 from r1ray.controller.advantage import (
     build_train_batch,
@@ -60,7 +61,7 @@ def test_scores_tensor_maps_none_to_nan() -> None:
 
 def test_select_groups_without_dynamic_sampling_keeps_everything() -> None:
     scores = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])     # groups of 2: same, differ, same
-    chosen = select_groups(scores, 2, dynamic_sampling=False, groups_unit=1)
+    chosen = select_groups(scores, 2, dynamic_sampling=False)
     assert chosen.rows == list(range(6))
     assert chosen.frac_zero_std == pytest.approx(2 / 3)
 
@@ -68,19 +69,9 @@ def test_select_groups_without_dynamic_sampling_keeps_everything() -> None:
 def test_select_groups_drops_zero_spread_groups() -> None:
     # 4 groups of 3: [all 1], [1,0,1], [nan,0,0] (no spread among scorable), [0,1,nan]
     scores = scores_tensor([1, 1, 1, 1, 0, 1, None, 0, 0, 0, 1, None])
-    chosen = select_groups(scores, 3, dynamic_sampling=True, groups_unit=1)
+    chosen = select_groups(scores, 3, dynamic_sampling=True)
     assert chosen.rows == [3, 4, 5, 9, 10, 11]
     assert chosen.frac_zero_std == pytest.approx(0.5)
-
-
-def test_select_groups_keeps_whole_units_only() -> None:
-    # 5 groups of 2 with spread in groups 0, 1, 3, 4: a unit of 3 groups keeps the first 3 of them.
-    scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.5, 0.0, 0.2, 0.3])
-    chosen = select_groups(scores, 2, dynamic_sampling=True, groups_unit=3)
-    assert chosen.rows == [0, 1, 2, 3, 6, 7]
-    assert chosen.frac_zero_std == pytest.approx(0.2)
-    assert select_groups(scores, 2, dynamic_sampling=True, groups_unit=2).rows == [0, 1, 2, 3, 6, 7, 8, 9]
-    assert select_groups(scores, 2, dynamic_sampling=True, groups_unit=5).rows == []
 
 
 def test_keep_rows() -> None:
@@ -370,8 +361,10 @@ def test_actor_loss_is_policy_loss_plus_kl(agg: str) -> None:
     assert loss.item() == pytest.approx((pg + 0.1 * kl).item(), rel=1e-6)
     assert metrics["actor/kl"] == pytest.approx(kl.item(), rel=1e-6)
     assert metrics["actor/pg_loss"] == pytest.approx(pg.item(), rel=1e-6)
-    gap = ((logprobs - batch.rollout_logprobs).abs() * mask).sum() / mask.sum()
-    assert metrics["rollout/logprob_gap"] == pytest.approx(gap.item(), rel=1e-6)
+    # The sampler is compared with the weights that sampled (the old logprobs), not with the policy being updated.
+    assert metrics["rollout/logprob_gap"] == 0.0
+    drifted = replace(batch, rollout_logprobs=batch.old_logprobs - 0.05 * mask)
+    assert loss_fn(drifted, logprobs, None)[1]["rollout/logprob_gap"] == pytest.approx(0.05, rel=1e-5)
     # Without a reference (KL off) the loss is the policy loss alone.
     no_ref = replace(batch, ref_logprobs=None)
     loss_no_ref, metrics_no_ref = loss_fn(no_ref, logprobs, None)
@@ -501,15 +494,17 @@ def test_whole_units_trims_kept_groups_and_carries_their_fields() -> None:
 
 
 def test_no_reference_model_when_kl_is_zero_at_every_step() -> None:
-    from r1ray.controller.roles import uses_reference
+    from r1ray.config_checks import uses_reference_model
 
     cfg = R1RayConfig()
     with_kl = lambda **kw: replace(cfg, algorithm=replace(cfg.algorithm, **kw))  # noqa: E731
-    assert uses_reference(with_kl(kl_placement="loss", kl_coef=0.04))
-    assert not uses_reference(with_kl(kl_placement="none", kl_coef=0.04))
-    assert not uses_reference(with_kl(kl_placement="loss", kl_coef=0.0))
-    assert uses_reference(with_kl(kl_placement="reward", kl_coef=0.0, kl_schedule="linear", kl_coef_final=0.01))
-    assert not uses_reference(with_kl(kl_placement="loss", kl_coef=0.0, kl_schedule="constant", kl_coef_final=0.01))
+    assert uses_reference_model(with_kl(kl_placement="loss", kl_coef=0.04))
+    assert not uses_reference_model(with_kl(kl_placement="none", kl_coef=0.04))
+    assert not uses_reference_model(with_kl(kl_placement="loss", kl_coef=0.0))
+    assert uses_reference_model(with_kl(kl_placement="reward", kl_coef=0.0, kl_schedule="linear",
+                                        kl_coef_final=0.01))
+    assert not uses_reference_model(with_kl(kl_placement="loss", kl_coef=0.0, kl_schedule="constant",
+                                            kl_coef_final=0.01))
 
 
 def test_a_fresh_run_refuses_an_output_dir_that_holds_another_run(tmp_path) -> None:

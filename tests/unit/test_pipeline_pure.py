@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1ray.config import StageConfig, load_config
+from r1ray.config import StageConfig
+from r1ray.config_load import load_config
 from r1ray.errors import NothingToDo
 from r1ray.controller import pipeline
 from r1ray.controller.cli_train import eval_summary

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from r1ray.config import load_config
+from r1ray.config_load import load_config
 from r1ray.config_checks import prompt_style
 from r1ray.data.template import PromptStyle
 

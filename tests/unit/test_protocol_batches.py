@@ -20,7 +20,6 @@ from r1ray.protocol import (
     pad_right,
     select_rows,
     split_batch,
-    token_budget_chunks,
     unpack,
 )
 from r1ray.workers.engines.packing import balanced_chunks
@@ -234,17 +233,6 @@ def test_chunk_rows() -> None:
 
 
 # ---- micro-batches -------------------------------------------------------------------------------
-
-
-def test_token_budget_chunks() -> None:
-    assert token_budget_chunks([3, 4, 2, 5, 1], 7) == [[0, 1], [2, 3], [4]]
-    # A row longer than the budget gets a chunk of its own instead of being dropped.
-    assert token_budget_chunks([2, 10, 3], 5) == [[0], [1], [2]]
-    assert token_budget_chunks([], 5) == []
-    lengths = [5, 1, 7, 3, 3, 2, 6]
-    chunks = token_budget_chunks(lengths, 8)
-    assert [i for c in chunks for i in c] == list(range(len(lengths)))
-    assert all(sum(lengths[i] for i in c) <= 8 for c in chunks)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5])

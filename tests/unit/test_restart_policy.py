@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from r1ray.config import load_config
+from r1ray.config_load import load_config
 from r1ray.controller.restarts import describe_failure
 from r1ray.controller.trainer import Trainer
 from r1ray.errors import WorkerFailure

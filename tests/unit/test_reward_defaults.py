@@ -7,7 +7,8 @@ from dataclasses import fields
 
 import pytest
 
-from r1ray.config import RewardConfig, load_config
+from r1ray.config import RewardConfig
+from r1ray.config_load import load_config
 from r1ray.controller.roles import reward_spec
 from r1ray.rewards import RewardExecutor, RewardItem
 from r1ray.rewards.spec import RewardSpec

@@ -1,45 +1,42 @@
-"""Training and rollout engines behind the TrainEngine / RolloutEngine protocols (see `base.py`)."""
+"""Training and rollout engines behind the TrainEngine / RolloutEngine protocols (see `base.py`).
+
+Which class an engine name builds, and what it needs installed, is the registry's (`r1ray.engines`); an
+engine's module is imported only here, when a worker builds it, so FSDP2 users need no DeepSpeed and HF
+users no vLLM.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
+from r1ray.engines import ROLLOUT_ENGINES, TRAIN_ENGINES, EngineRegistry
 from r1ray.workers.engines.base import EngineSpec, LossFn, RolloutEngine, RolloutSpec, TrainEngine
 
 
-DEEPSPEED_INSTALL = ("actor.engine=deepspeed needs DeepSpeed: DS_BUILD_OPS=0 pip install deepspeed==0.19.8 "
-                     "(or pip install -e '.[deepspeed]')")
-
-
 def build_train_engine(kind: str, spec: EngineSpec, device: torch.device) -> TrainEngine:
-    """The engine named by `actor.engine`; imported lazily so that FSDP2 users need no DeepSpeed."""
-    if kind == "fsdp2":
-        from r1ray.workers.engines.fsdp2 import FSDP2Engine
-
-        return FSDP2Engine(spec, device)
-    if kind == "deepspeed":
-        try:
-            from r1ray.workers.engines.deepspeed_engine import DeepSpeedEngine
-        except ModuleNotFoundError as exc:
-            if exc.name is None or exc.name.split(".")[0] != "deepspeed":
-                raise
-            raise ModuleNotFoundError(DEEPSPEED_INSTALL) from None
-        return DeepSpeedEngine(spec, device)
-    raise ValueError(f"actor.engine: unknown engine '{kind}' (available: fsdp2, deepspeed)")
+    """The engine named by `actor.engine`."""
+    return _engine_class(TRAIN_ENGINES, kind, "gpu" if device.type == "cuda" else "cpu")(spec, device)
 
 
 def build_rollout_engine(spec: RolloutSpec, device: torch.device) -> RolloutEngine:
-    """The engine named by `rollout.engine`; imported lazily so that HF users need no vLLM."""
-    if spec.engine == "vllm":
-        from r1ray.workers.engines.vllm_rollout import VLLMRolloutEngine
-
-        return VLLMRolloutEngine(spec, device)
-    if spec.engine == "hf":
-        from r1ray.workers.engines.hf_rollout import HFRolloutEngine
-
-        return HFRolloutEngine(spec, device)
-    raise ValueError(f"rollout.engine: unknown engine '{spec.engine}' (available: hf, vllm)")
+    """The engine named by `rollout.engine`."""
+    return _engine_class(ROLLOUT_ENGINES, spec.engine, spec.device)(spec, device)
 
 
-__all__ = ["DEEPSPEED_INSTALL", "EngineSpec", "LossFn", "RolloutEngine", "RolloutSpec", "TrainEngine",
-           "build_rollout_engine", "build_train_engine"]
+def _engine_class(registry: EngineRegistry, name: str, device: str) -> type:
+    """Import the class of engine `name`; its missing package is reported with the registry's fix-it line."""
+    module, _, cls = registry.get(name).builder.partition(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as exc:
+        package = registry.entries[name].package
+        message = registry.missing_package(name, device)
+        if package is None or message is None or (exc.name or "").split(".")[0] != package.name:
+            raise
+        raise ModuleNotFoundError(message) from None
+
+
+__all__ = ["EngineSpec", "LossFn", "RolloutEngine", "RolloutSpec", "TrainEngine", "build_rollout_engine",
+           "build_train_engine"]

@@ -1,4 +1,4 @@
-"""The two engine protocols (DESIGN §4). Workers are written once against these; backends implement them.
+"""The two engine protocols (docs/design.md §3). Workers are written once against these; backends implement them.
 
 TrainEngine  — FSDP2 (`fsdp2.py`) and DeepSpeed ZeRO 2/3 (`deepspeed_engine.py`): actor and reference. Both
 build `forward_logprobs` and `train_step` from the same loop (`train_loop.py`) over a few primitives
@@ -16,19 +16,17 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 from torch import Tensor
 
-from r1ray.config import ActorConfig, ModelConfig
+from r1ray.config import ActorConfig, ModelConfig, RolloutConfig
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch
+from r1ray.workers.weight_sync import Manifest
 
 # loss_fn(micro_batch, logprobs (b, R), entropy (b, R) or None) -> (scalar loss already weighted for
 # gradient accumulation, metrics of this micro-batch)
 LossFn = Callable[[TrainBatch, Tensor, "Tensor | None"], "tuple[Tensor, dict[str, float]]"]
 
-# (name, shape, dtype name) in send order: the weight-sync manifest (`weight_sync.Manifest`).
-ParameterManifest = list[tuple[str, tuple[int, ...], str]]
+_ACTOR, _MODEL, _ROLLOUT = ActorConfig(), ModelConfig(), RolloutConfig()
 
-_ACTOR, _MODEL = ActorConfig(), ModelConfig()
-
-# One fingerprint table per receiving process: row i = [S1, S2] of manifest entry i (see fingerprint.py).
+# One fingerprint table per receiving process: row i = [S1, S2, S3] of manifest entry i (see fingerprint.py).
 FingerprintTable = list[list[int]]
 
 
@@ -58,24 +56,33 @@ class EngineSpec:
     seed: int = 0
 
 
+def vllm_sleep_level(free_cache_engine: bool) -> int:
+    """vLLM's sleep level for `rollout.free_cache_engine`: 2 discards weights and KV cache while the actor
+    trains (the next sync resends the weights), 0 never sleeps."""
+    return 2 if free_cache_engine else 0
+
+
 @dataclass(frozen=True)
 class RolloutSpec:
-    """What a rollout engine needs to build itself (one spec for both engines; each reads its part)."""
+    """What a rollout engine needs to build itself (one spec for every engine; each reads its part);
+    assembled from the config by `controller.roles.rollout_spec`. Defaults are the schema's (`RolloutConfig`,
+    `ModelConfig`), so a spec built in a test generates like a run."""
 
-    engine: str                             # "hf" | "vllm"
     model_path: str
-    dtype: str                              # weights and compute dtype of the engine
-    max_model_len: int                      # prompt + response budget
-    seed: int
+    engine: str = _ROLLOUT.engine           # a name in `r1ray.engines.ROLLOUT_ENGINES`
+    dtype: str = _MODEL.dtype               # weights and compute dtype of the engine
+    max_model_len: int = _ROLLOUT.max_prompt_length + _ROLLOUT.max_response_length
+    seed: int = 0
     device: str = "cpu"                     # the rollout pool's device, "cpu" | "gpu" (a TP engine's own
                                             # worker holds no GPU: its TP workers do)
-    trust_remote_code: bool = False
-    attn_implementation: str = "sdpa"       # hf
-    generate_batch_size: int = 256          # hf: sequences sampled together (one KV cache)
-    tensor_parallel_size: int = 1           # vllm: devices (worker processes) per engine
-    gpu_memory_utilization: float = 0.5     # vllm on GPU: share of the device for weights + KV cache
-    sleep_level: int = 0                    # vllm on GPU: 0 never sleeps, 1 offloads weights, 2 discards them
-    cpu_kv_cache_gib: int = 1               # vllm on CPU: KV cache size in whole GiB
+    trust_remote_code: bool = _MODEL.trust_remote_code
+    attn_implementation: str = _MODEL.attn_implementation                # hf
+    generate_batch_size: int = _ROLLOUT.generate_batch_size              # hf: sequences sampled together
+    tensor_parallel_size: int = _ROLLOUT.tensor_parallel_size            # vllm: devices (processes) per engine
+    gpu_memory_utilization: float = _ROLLOUT.gpu_memory_utilization      # vllm on GPU: share for weights + KV
+    sleep_level: int = vllm_sleep_level(_ROLLOUT.free_cache_engine)     # vllm on GPU: 0 never sleeps, 1
+                                                                         # offloads weights, 2 discards them
+    cpu_kv_cache_gib: int = _ROLLOUT.cpu_kv_cache_gib                    # vllm on CPU: KV cache in whole GiB
 
 
 class TrainEngine(Protocol):
@@ -92,8 +99,8 @@ class TrainEngine(Protocol):
         next one is yielded. `names` defaults to every state-dict entry (tied weights under each of their names). The
         actor's are its float32 master weights. A collective: every rank must iterate all of it."""
 
-    def parameter_manifest(self, dtype: str) -> ParameterManifest:
-        """(name, full shape, "torch.<dtype>") of every parameter, tied weights once. Local, no collective."""
+    def parameter_manifest(self, dtype: str) -> Manifest:
+        """(name, full shape, `dtype`) of every parameter, tied weights once. Local, no collective."""
 
     def save(self, path: Path) -> None:
         """Sharded save of weights, optimizer and LR schedule state into the directory `path` (a
@@ -117,7 +124,7 @@ class RolloutEngine(Protocol):
         """Join the weight sync: members[t] = {"spec": SyncGroupSpec.to_dict(), "rank": sync rank} for the
         engine's TP worker t (one shared group, or one colocated "ipc" pair per worker)."""
 
-    def receive_weights(self, manifest: list) -> list[FingerprintTable]:
+    def receive_weights(self, manifest: Manifest) -> list[FingerprintTable]:
         """Receive and load the actor's weights; one fingerprint table per receiving process."""
 
     def reset_cache(self) -> None:

@@ -33,10 +33,12 @@ from deepspeed.accelerator import get_accelerator
 from deepspeed.utils import safe_get_full_fp32_param
 from torch import Tensor
 
-from r1ray.workers.engines.base import EngineSpec, ParameterManifest
+from r1ray.models import DTYPES
+from r1ray.workers.engines.base import EngineSpec
 from r1ray.workers.engines.lr_schedule import build_scheduler
 from r1ray.workers.engines.packing import use_packing
-from r1ray.workers.engines.train_loop import DTYPES, MicroBatchedEngine, tied_parameters
+from r1ray.workers.engines.train_loop import MicroBatchedEngine, tied_parameters
+from r1ray.workers.weight_sync import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -180,9 +182,9 @@ class DeepSpeedEngine(MicroBatchedEngine):
                 return tensor.detach().clone()
         return tensor.detach()
 
-    def parameter_manifest(self, dtype: str) -> ParameterManifest:
+    def parameter_manifest(self, dtype: str) -> Manifest:
         # named_parameters() lists a tied tensor once; a ZeRO-3 parameter's full shape is its ds_shape.
-        return [(name, tuple(getattr(p, "ds_shape", p.shape)), f"torch.{dtype}")
+        return [(name, tuple(getattr(p, "ds_shape", p.shape)), dtype)
                 for name, p in self.engine.module.named_parameters()]
 
     def save(self, path: Path) -> None:

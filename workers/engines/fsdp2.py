@@ -21,10 +21,12 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from r1ray.workers.engines.base import EngineSpec, ParameterManifest
+from r1ray.models import DTYPES
+from r1ray.workers.engines.base import EngineSpec
 from r1ray.workers.engines.lr_schedule import build_scheduler
 from r1ray.workers.engines.packing import use_packing
-from r1ray.workers.engines.train_loop import DTYPES, MicroBatchedEngine, tied_parameters
+from r1ray.workers.engines.train_loop import MicroBatchedEngine, tied_parameters
+from r1ray.workers.weight_sync import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +137,9 @@ class FSDP2Engine(MicroBatchedEngine):
             tensor = state[name]
             yield name, (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach()
 
-    def parameter_manifest(self, dtype: str) -> ParameterManifest:
+    def parameter_manifest(self, dtype: str) -> Manifest:
         # named_parameters() lists a tied tensor once; DTensor shapes are the full shapes.
-        return [(name, tuple(p.shape), f"torch.{dtype}") for name, p in self.model.named_parameters()]
+        return [(name, tuple(p.shape), dtype) for name, p in self.model.named_parameters()]
 
     def save(self, path: Path) -> None:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer or [])

@@ -11,17 +11,17 @@ the weights it holds after loading, so a loader that drops or misplaces a tensor
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from r1ray.models import eos_ids, load_model_and_tokenizer
+from r1ray.models import DTYPES, eos_ids, load_model_and_tokenizer
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, assemble_rollout, derive_seed
 from r1ray.workers.engines.base import FingerprintTable, RolloutSpec
 from r1ray.workers.engines.hf_decode import decode_chunk
 from r1ray.workers.fingerprint import Fingerprints
-from r1ray.workers.weight_sync import DTYPES, Manifest, SyncGroup, SyncGroupSpec
+from r1ray.workers.weight_sync import Manifest, SyncGroup, SyncGroupSpec
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +89,6 @@ class HFRolloutEngine:
         for i, (name, _, dtype) in enumerate(manifest):
             prints.add(i, state[name].to(DTYPES[dtype]))
         return [prints.tolist()]
-
-    def named_weights(self) -> Iterator[tuple[str, Tensor]]:
-        """The weights this engine holds, by Hugging Face name (tests compare them with the actor's)."""
-        yield from self.model.named_parameters()
 
     # ---- colocation -------------------------------------------------------------------------------
     def reset_cache(self) -> None:

@@ -1,4 +1,4 @@
-"""The training loop both TrainEngines share (DESIGN §4), written once over each backend's primitives.
+"""The training loop both TrainEngines share (docs/design.md §3), written once over each backend's primitives.
 
     train_step(batch)                                    forward_logprobs(batch)
       micro_batches: count agreed by all-reduce (MAX)      micro_batches (the same cut)
@@ -26,8 +26,6 @@ from r1ray.protocol import TrainBatch, select_rows
 from r1ray.workers.engines.base import EngineSpec, LossFn
 from r1ray.workers.engines.packing import (balanced_chunks, forward_response, pack_for_forward, pad_for_forward,
                                           padded_chunks)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class MicroBatchedEngine(ABC):

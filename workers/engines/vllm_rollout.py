@@ -27,6 +27,7 @@ from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, assemble_r
 from r1ray.models import eos_ids
 from r1ray.workers.engines.base import FingerprintTable, RolloutSpec
 from r1ray.workers.fingerprint import WeightSyncError
+from r1ray.workers.weight_sync import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class VLLMRolloutEngine:
     def init_weight_sync(self, members: list[dict]) -> None:
         self.llm.init_weight_transfer_engine({"init_info": {"members": members}})
 
-    def receive_weights(self, manifest: list) -> list[FingerprintTable]:
+    def receive_weights(self, manifest: Manifest) -> list[FingerprintTable]:
         update = {"names": [m[0] for m in manifest], "shapes": [list(m[1]) for m in manifest],
                   "dtypes": [m[2] for m in manifest]}
         self.llm.start_weight_update()

@@ -43,7 +43,7 @@ class R1RayInitInfo(WeightTransferInitInfo):
 class R1RayUpdateInfo(WeightTransferUpdateInfo):
     names: list[str]              # the manifest, in send order, as three parallel lists
     shapes: list[list[int]]
-    dtypes: list[str]             # "torch.bfloat16", ...
+    dtypes: list[str]             # "bfloat16", ... (`r1ray.models.DTYPES` names)
 
     def __post_init__(self):
         if not len(self.names) == len(self.shapes) == len(self.dtypes):
