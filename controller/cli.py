@@ -188,20 +188,19 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     add_train_commands(sub, _add_config_args)
 
 
+# Errors of the user's inputs (config, data, files, the cluster address), printed as one line with exit 2:
+# (module, class). Looked up among the modules already imported, never imported here: an error can only be
+# raised by code that was loaded, and importing these modules to name their classes (torch, transformers)
+# took seconds on every error.
+USER_ERRORS = (("r1ray.config_load", "ConfigError"), ("r1ray.data.schema", "DataError"),
+               ("r1ray.env_check", "TorchCompanionError"), ("r1ray.errors", "NonFiniteUpdates"),
+               ("r1ray.rewards.spec", "RewardFailure"), ("r1ray.controller.checkpoint", "CheckpointWriteError"),
+               ("r1ray.controller.run_lock", "OutputDirInUse"))
+
+
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from r1ray.config_load import ConfigError
-    from r1ray.data import DataError
-    from r1ray.env_check import TorchCompanionError
-
-    from r1ray.errors import NonFiniteUpdates
-    from r1ray.rewards.spec import RewardFailure
-
-    from r1ray.controller.checkpoint import CheckpointWriteError
-    from r1ray.controller.run_lock import OutputDirInUse
-
-    return (UserError, ConfigError, DataError, TorchCompanionError, RewardFailure, NonFiniteUpdates, CheckpointWriteError,
-            OutputDirInUse, ConnectionError, FileNotFoundError,
-            ValueError)
+    loaded = [getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules]
+    return (UserError, *loaded, ConnectionError, FileNotFoundError, ValueError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -286,3 +286,20 @@ def test_score_exits_non_zero_when_the_reward_fails(capsys) -> None:
                          "--response", "raise")
     assert code == 1 and json.loads(out)["details"]["status"] == "error"
     assert error_lines(err) == ["error: the reward error: tests.unit.test_rewards_helpers:behave: RuntimeError: boom"]
+
+
+def test_user_errors_print_without_importing_the_training_stack() -> None:
+    """The error path names the user-error classes without importing their modules (torch, transformers):
+    a bad config is reported as fast as Python starts, not after seconds of imports."""
+    import importlib
+
+    from r1ray.controller.cli import USER_ERRORS
+
+    for module, name in USER_ERRORS:
+        assert issubclass(getattr(importlib.import_module(module), name), Exception), (module, name)
+    code = ("import sys; from r1ray.controller.cli import main; "
+            "code = main(['train', '--config', 'configs/quickstart.yaml', 'rollout.n=1']); "
+            "print(code, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["2", "False", "False"], done.stderr[-2000:]
+    assert done.stderr.strip().startswith("error: rollout.n:")

@@ -41,6 +41,7 @@ def test_nothing_listening_fails_after_the_timeout_naming_the_address() -> None:
     wait_for_gcs("ray://head:10001", timeout_s=0)
 
 
+@pytest.mark.slow        # runs `r1ray train` in a subprocess: the training stack's imports
 def test_train_with_an_unreachable_address_exits_with_one_line(tmp_path) -> None:
     port = _closed_port()
     start = time.monotonic()
@@ -58,6 +59,7 @@ def test_train_with_an_unreachable_address_exits_with_one_line(tmp_path) -> None
     assert time.monotonic() - start < 120
 
 
+@pytest.mark.slow        # runs `r1ray train` in a subprocess: the training stack's imports
 def test_a_gpu_pool_on_a_machine_without_gpus_is_refused_before_anything_is_written(tmp_path) -> None:
     import torch
 
