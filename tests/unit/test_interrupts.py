@@ -24,30 +24,35 @@ def send(signum: int) -> None:
 
 
 def test_a_first_ctrl_c_asks_for_a_stop_after_the_step_and_says_how_to_stop_now(caplog) -> None:
+    before = signal.getsignal(signal.SIGINT)
     with caplog.at_level(logging.WARNING), StopRequest() as stop:
         send(signal.SIGINT)
         assert stop.requested == "SIGINT"
     assert ("SIGINT received: stopping after this step, with a checkpoint; press Ctrl-C again to stop now"
             in caplog.text)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler       # restored
+    assert signal.getsignal(signal.SIGINT) is before                          # restored
 
 
 def test_a_second_ctrl_c_stops_at_once() -> None:
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt), StopRequest() as stop:
         send(signal.SIGINT)
         assert stop.requested == "SIGINT"
         send(signal.SIGINT)
         pytest.fail("the second Ctrl-C did not interrupt")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_sigterm_still_asks_for_a_stop_after_the_step(caplog) -> None:
+    # Restored to what it was: the default, or a handler of the process's own (Ray's, when a test before
+    # this one started a cluster in this process).
+    before = signal.getsignal(signal.SIGTERM)
     with caplog.at_level(logging.WARNING), StopRequest() as stop:
         send(signal.SIGTERM)
         assert stop.requested == "SIGTERM"
     assert "SIGTERM received: stopping after this step, with a checkpoint" in caplog.text
     assert "press Ctrl-C" not in caplog.text
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_the_second_ctrl_c_names_the_step_and_the_last_checkpoint() -> None:
