@@ -4,8 +4,9 @@ Layout of `<output_dir>/checkpoints/step_000010/`:
     actor/               sharded weights + optimizer and LR scheduler: torch.distributed.checkpoint (FSDP2) or
                          DeepSpeed's own layout (engine/mp_rank_00_model_states.pt + ZeRO shards)
     hf/                  the model's config.json and tokenizer files, so `r1ray export` needs nothing else
-    trainer_state.json   step, data sampler position, tracker run id
+    trainer_state.json   step, data sampler position, tracker run id, the steps dispatched but not trained
     rng.pt               controller RNG states (python, numpy, torch)
+    pending_rollouts.pt  asynchronous runs only: those steps' prompts and generated batches
     config.yaml          the resolved config, secrets redacted
     MANIFEST.json        every file above with its size, so that a damaged checkpoint is recognised
     COMPLETE             written last, before the rename
@@ -23,7 +24,7 @@ import os
 import random
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,6 +69,12 @@ class TrainerState:
     step: int
     sampler: dict[str, int]
     run_id: str
+    # Asynchronous runs: steps after `step` whose prompts the sampler has already given out (their
+    # generations were in flight); pending_rollouts.pt holds their prompts and batches.
+    pending_steps: list[int] = field(default_factory=list)
+
+
+PENDING = "pending_rollouts.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -86,13 +93,14 @@ class CheckpointManager:
         self.keep = keep
 
     def save(self, state: TrainerState, *, write_actor: Callable[[Path], None], model_path: str,
-             config_yaml: str) -> Path:
-        """`write_actor(dir)` makes the actor ranks write their shards into `dir` (a collective)."""
+             config_yaml: str, pending: dict[int, Any] | None = None) -> Path:
+        """`write_actor(dir)` makes the actor ranks write their shards into `dir` (a collective); `pending`
+        maps the steps in `state.pending_steps` to what an asynchronous run dispatched for them."""
         final = self.root / f"step_{state.step:06d}"
         tmp = self.root / f".tmp-step_{state.step:06d}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            self._write(tmp, state, write_actor, model_path, config_yaml)
+            self._write(tmp, state, write_actor, model_path, config_yaml, pending)
         except Exception as exc:
             free = _free_bytes(self.root)           # before the partial files go
             shutil.rmtree(tmp, ignore_errors=True)
@@ -112,13 +120,15 @@ class CheckpointManager:
 
     @staticmethod
     def _write(tmp: Path, state: TrainerState, write_actor: Callable[[Path], None], model_path: str,
-               config_yaml: str) -> None:
+               config_yaml: str, pending: dict[int, Any] | None) -> None:
         tmp.mkdir(parents=True)
         write_actor(tmp / "actor")
         if Path(model_path).is_dir():
             copy_model_files(Path(model_path), tmp / "hf")
         (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__, indent=2))
         torch.save(rng_state(), tmp / "rng.pt")
+        if state.pending_steps:
+            torch.save(pending, tmp / PENDING)
         (tmp / "config.yaml").write_text(config_yaml)
         sizes = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
         (tmp / MANIFEST).write_text(json.dumps(sizes, indent=1))
@@ -229,3 +239,14 @@ def read_checkpoint(path: Path) -> tuple[TrainerState, dict[str, Any]]:
                                 f"directory, or use trainer.resume=auto to take the newest undamaged one")
     state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
     return state, torch.load(path / "rng.pt", weights_only=False)
+
+
+def read_pending(path: Path, state: TrainerState) -> dict[int, Any]:
+    """What an asynchronous run had dispatched when it wrote the checkpoint at `path` ({} for none)."""
+    if not state.pending_steps:
+        return {}
+    pending = torch.load(path / PENDING, weights_only=False)
+    if sorted(pending) != sorted(state.pending_steps):
+        raise FileNotFoundError(f"{path / PENDING}: holds steps {sorted(pending)}, trainer_state.json names "
+                                f"{state.pending_steps}; resume from an earlier checkpoint")
+    return pending

@@ -32,6 +32,25 @@ class StageTimer:
         return out
 
 
+def staleness_metrics(rollout: RolloutBatch, trained_version: int, max_staleness: int) -> dict[str, float]:
+    """How many versions each response token lags the actor that trains on it: mean, max and the
+    fraction at each lag 0..K (the histogram). A token beyond the bound K is a bug in the queue (it
+    keeps the bound by construction): AssertionError, before any update uses it."""
+    if rollout.token_versions is None:
+        return {}
+    valid = rollout.response_mask().bool()
+    lag = (trained_version - rollout.token_versions)[valid]
+    if lag.numel() == 0:
+        return {}
+    if int(lag.max()) > max_staleness or int(lag.min()) < 0:
+        raise AssertionError(f"rollout tokens {int(lag.min())}..{int(lag.max())} versions behind the actor "
+                             f"(version {trained_version}); trainer.max_staleness={max_staleness}")
+    out = {"async/staleness_mean": float(lag.float().mean()), "async/staleness_max": float(lag.max())}
+    for k in range(max_staleness + 1):
+        out[f"async/staleness_frac_{k}"] = float((lag == k).float().mean())
+    return out
+
+
 def rollout_metrics(rollout: RolloutBatch, budget: int) -> dict[str, float]:
     lens = rollout.response_lens.float()
     prompt = rollout.prompt_lens.float()

@@ -9,6 +9,7 @@ import ray
 
 from r1ray.config import R1RayConfig
 from r1ray.config_checks import uses_reference_model
+from r1ray.loss_spec import resolve_preset
 from r1ray.rewards import RewardSpec
 from r1ray.workers.engines import EngineSpec, RolloutSpec
 from r1ray.workers.engines.base import vllm_sleep_level
@@ -69,7 +70,9 @@ def loss_settings(cfg: R1RayConfig) -> LossSettings:
     al = cfg.algorithm
     return LossSettings(clip_low=al.clip_low, clip_high=al.clip_high, dual_clip=al.dual_clip or None,
                         agg=al.loss_agg, norm_len=cfg.rollout.max_response_length, kl_kind=al.kl_kind,
-                        kl_coef=al.kl_coef, entropy_coef=al.entropy_coef)
+                        kl_coef=al.kl_coef, entropy_coef=al.entropy_coef, policy_loss=al.policy_loss,
+                        correction=resolve_preset(al.rollout_correction, al.rollout_correction_cap,
+                                                  al.rollout_correction_band))
 
 
 def reward_spec(cfg: R1RayConfig) -> RewardSpec:

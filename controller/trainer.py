@@ -30,10 +30,10 @@ from r1ray.workers.fingerprint import WeightSyncError, verify_fingerprints
 from r1ray.controller.advantage import (build_train_batch, keep_rows, logprob_view, scores_tensor, select_groups,
                                         shaped_scores)
 from r1ray.controller.checkpoint import (CheckpointManager, TrainerState, claim_output_dir, read_checkpoint,
-                                        restore_rng, rng_state)
+                                        read_pending, restore_rng, rng_state)
 from r1ray.controller.evaluate import evaluate_dataset, training_eval_sampling
 from r1ray.controller.inference import correct_flags
-from r1ray.controller.metrics import StageTimer, mean_over_ranks, rollout_metrics, throughput
+from r1ray.controller.metrics import StageTimer, mean_over_ranks, rollout_metrics, staleness_metrics, throughput
 from r1ray.controller.ray_cluster import connect_for
 from r1ray.controller.roles import Roles, build_roles, colocated
 from r1ray.controller.run_setup import Datasets, build_datasets, prepare_files, prompt_batch
@@ -43,6 +43,7 @@ from r1ray.controller.redact import redact
 from r1ray.controller.restarts import RESTARTABLE, describe_failure
 from r1ray.controller.run_guards import StopRequest, interrupted, watch_skipped
 from r1ray.controller.run_lock import RunLock
+from r1ray.controller.rollout_queue import FixedLagQueue
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,14 @@ class Trainer:
         self.run_id: str | None = None       # the trackers' run, kept across restarts
         self.initial_rng: dict | None = None
         self.ended_groups: list = []         # the last attempt's groups, after shutdown
+        # Weight versions: the actor's is the number of training steps it has taken; the engines stamp
+        # every token with the version they last received (docs/design.md §10).
+        self.version = 0
+        # trainer.max_staleness >= 1: the generations dispatched ahead of training (None: synchronous).
+        self.queue: FixedLagQueue | None = None
+        # Steps whose prompts the sampler gave out before a checkpoint but which did not train; a resumed
+        # run generates them again from these prompts when their batch cannot be reused.
+        self.carried: dict[int, PromptBatch] = {}
 
     # ---- setup -------------------------------------------------------------------------------------
     def _build(self) -> tuple[int, str | None]:
@@ -103,13 +112,56 @@ class Trainer:
         self.roles = build_roles(self.cfg, self.placement)
         self.manifest = self.roles.actor.weight_manifest(self.cfg.model.dtype)
         self.weights_stale, self.failed_steps, self.skipped_updates = True, 0, 0
+        self.version, self.carried = 0, {}
+        self.queue = self._rollout_queue()
         restore_rng(rng)
         if state is None:
             return 0, self.run_id
         self.roles.actor.load(path / "actor")
         self.sampler.load_state_dict(state.sampler)
+        self.version = state.step
+        self._carry_over(read_pending(path, state), state.step)
         logger.info("resumed from %s at step %d", path, state.step)
         return state.step, state.run_id
+
+    def _rollout_queue(self) -> FixedLagQueue | None:
+        """trainer.max_staleness >= 1: generations dispatched K steps ahead (fixed lag)."""
+        t = self.cfg.trainer
+        if t.max_staleness == 0:
+            return None
+        if self.cfg.algorithm.rollout_correction == "none":
+            logger.warning("trainer.max_staleness=%d with algorithm.rollout_correction=none: tokens up to %d "
+                           "versions old enter the loss as if the actor had sampled them; consider tis_token "
+                           "or icepop", t.max_staleness, t.max_staleness)
+
+        def prepare(step: int) -> tuple[PromptBatch, SamplingParams]:
+            return self._prompts(step), self._sampling(step, response_budget(self.cfg.rollout, step), 0)
+
+        def sync() -> None:
+            if self.weights_stale:
+                self.sync_weights()
+
+        return FixedLagQueue(t.max_staleness, t.total_steps, prepare=prepare, sync=sync,
+                             dispatch=self.roles.rollout.generate_async)
+
+    def _carry_over(self, pending: dict[int, tuple[PromptBatch, RolloutBatch]], step: int) -> None:
+        """A checkpoint's dispatched steps: a batch whose tokens stay within the staleness bound when it
+        trains is trained as it is (so a fixed-lag run resumes bit for bit); the others are generated
+        again from their prompts. Either way no prompt is repeated or skipped."""
+        bound = self.cfg.trainer.max_staleness
+        reuse = {j: entry for j, entry in pending.items()
+                 if self.queue is not None and (j - 1) - int(entry[1].token_versions.min()) <= bound}
+        if self.queue is not None:
+            self.queue.restore(reuse)
+        self.carried = {j: prompts for j, (prompts, _) in pending.items() if j not in reuse}
+        if self.carried:
+            logger.info("resume: generating steps %s again from their prompts (trainer.max_staleness=%d)",
+                        sorted(self.carried), bound)
+
+    def _prompts(self, step: int) -> PromptBatch:
+        """The prompts of `step`: carried over from before a resume, else the sampler's next batch."""
+        carried = self.carried.pop(step, None)
+        return carried if carried is not None else prompt_batch(self.sampler.next_batch())
 
     def _resume_path(self, resume: str) -> Path | None:
         if resume == "never":
@@ -209,8 +261,12 @@ class Trainer:
         wanted = cfg.data.prompts_per_step * cfg.rollout.n
         kept: list[RolloutBatch] = []
         for round_index in range(DYNAMIC_SAMPLING_ROUNDS if filtering else 1):
-            rollout = self.generate(prompt_batch(self.sampler.next_batch()), self._sampling(step, budget, round_index),
-                                    timer)
+            if self.queue is not None:
+                with timer("generate"):          # waiting for the batch dispatched K steps ago
+                    rollout = self.queue.take(step)
+            else:
+                prompts = self._prompts(step) if round_index == 0 else prompt_batch(self.sampler.next_batch())
+                rollout = self.generate(prompts, self._sampling(step, budget, round_index), timer)
             with timer("reward_ref_logprobs"):
                 pending = self.roles.reward.score_async(rollout)
                 if not filtering:
@@ -230,6 +286,8 @@ class Trainer:
         if rollout is None:
             logger.warning("step %d: every group had zero reward spread; no update", step)
             return {**metrics, **timer.metrics()}
+        # Checked before the update: a token older than the bound would be a bug, and is never trained on.
+        metrics.update(staleness_metrics(rollout, self.version, cfg.trainer.max_staleness))
         if filtering:
             with timer("ref_logprobs"):
                 rollout = self.with_logprobs(rollout)            # the kept groups only
@@ -295,6 +353,7 @@ class Trainer:
         if self.colocated:
             roles.actor.offload()
         self.weights_stale = True
+        self.version += 1
         self.skipped_updates = watch_skipped(self.skipped_updates, metrics, a.ppo_epochs * a.mini_batches,
                                              self.cfg.actor.max_skipped_steps)
         return metrics
@@ -327,7 +386,7 @@ class Trainer:
         if self.colocated:
             roles.actor.onload()
         send = roles.actor.send_weights_async(self.manifest)
-        receive = roles.rollout.receive_weights_async(self.manifest)
+        receive = roles.rollout.receive_weights_async(self.manifest, self.version)
         results = wait_for({"actor": send, "rollout": receive}, self.cfg.trainer.collective_timeout_s)
         sent, tables = results["actor"][0], results["rollout"]
         if self.colocated:
@@ -343,10 +402,14 @@ class Trainer:
         return evaluate_dataset(self.cfg, self, self.data.val, training_eval_sampling(self.cfg, step), ks)
 
     def save(self, step: int) -> Path:
-        state = TrainerState(step=step, sampler=self.sampler.state_dict(), run_id=self.run_id)
+        """The actor, the sampler and, asynchronous, the steps dispatched ahead (waited for: they came
+        from weights older than the checkpoint's, so a resumed run could not generate them again)."""
+        pending = self.queue.collected() if self.queue is not None else {}
+        state = TrainerState(step=step, sampler=self.sampler.state_dict(), run_id=self.run_id,
+                             pending_steps=sorted(pending))
         return self.checkpoints.save(
             state, write_actor=self.roles.actor.save, model_path=self.cfg.model.path,
-            config_yaml=config_to_yaml_redacted(self.cfg))
+            config_yaml=config_to_yaml_redacted(self.cfg), pending=pending)
 
 
 def wait_for(refs_by_role: dict[str, list], timeout_s: float) -> dict[str, list]:

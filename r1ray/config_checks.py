@@ -18,6 +18,7 @@ from r1ray.data import TASKS
 from r1ray.data.template import PromptStyle
 from r1ray.engines import ROLLOUT_ENGINES, TRAIN_ENGINES, EngineRegistry
 from r1ray.rewards import reward_names
+from r1ray.loss_spec import POLICY_LOSS_NAMES, resolve_preset
 
 GROUP_ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline")
 
@@ -198,6 +199,25 @@ def _algorithm_rules(cfg: R1RayConfig) -> list[str]:
                         f"rollout.max_response_length or rollout.response_length_schedule)")
     if a.ppo_epochs < 1 or a.mini_batches < 1:
         problems.append("algorithm.ppo_epochs/mini_batches: must be >= 1")
+    return problems + _loss_rules(a)
+
+
+def _loss_rules(a) -> list[str]:
+    """The policy loss names a registered loss or an importable module; the correction's cap and band."""
+    problems = []
+    if ":" in a.policy_loss:
+        if not _importable(a.policy_loss.partition(":")[0]):
+            problems.append(f"algorithm.policy_loss: module '{a.policy_loss.partition(':')[0]}' of '{a.policy_loss}' "
+                            f"cannot be imported from here; check its spelling and that its folder is on PYTHONPATH")
+    elif a.policy_loss not in POLICY_LOSS_NAMES:
+        problems.append(f"algorithm.policy_loss: unknown loss '{a.policy_loss}'; known: {', '.join(POLICY_LOSS_NAMES)}, "
+                        f"or 'package.module:function'")
+    if a.policy_loss in ("gspo", "cispo") and a.dual_clip:
+        problems.append(f"algorithm.dual_clip: {a.policy_loss} bounds its ratio already; set dual_clip=0")
+    try:
+        resolve_preset(a.rollout_correction, a.rollout_correction_cap, a.rollout_correction_band)
+    except ValueError as exc:
+        problems.append(str(exc))
     return problems
 
 
@@ -336,6 +356,24 @@ def _trainer_rules(cfg: R1RayConfig) -> list[str]:
         problems.append("trainer.eval_n: must be >= 1")
     if t.max_restarts < 0:
         problems.append(f"trainer.max_restarts: {t.max_restarts} must be >= 0 (0: the first worker failure ends the run)")
+    return problems + _async_rules(cfg)
+
+
+def _async_rules(cfg: R1RayConfig) -> list[str]:
+    """Asynchronous GRPO needs engines that can generate while the actor trains."""
+    k, p = cfg.trainer.max_staleness, cfg.placement
+    if k < 0:
+        return [f"trainer.max_staleness: {k} must be >= 0 (0: synchronous)"]
+    if k == 0:
+        return []
+    problems = []
+    if p.rollout == p.actor:
+        problems.append(f"trainer.max_staleness: {k} needs the rollout engines on devices of their own, but "
+                        f"placement.rollout and placement.actor are both pool '{p.actor}'; define a pool for "
+                        f"generation (placement.pools.gen: {{...}}) and set placement.rollout=gen")
+    if cfg.algorithm.dynamic_sampling:
+        problems.append(f"algorithm.dynamic_sampling: not available with trainer.max_staleness={k} (its extra "
+                        f"rounds would generate with newer weights than the fixed lag); set one of them off")
     return problems
 
 

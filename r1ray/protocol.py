@@ -120,6 +120,9 @@ class RolloutBatch:
     scores: Tensor | None = _row(default=None)          # (B,) float32 total reward, NaN = unscorable
     ref_logprobs: Tensor | None = _padded(default=None)  # (B, R) reference logprobs (KL on)
     old_logprobs: Tensor | None = _padded(default=None)  # (B, R) actor logprobs before the update (off-policy)
+    # the weight version (actor training steps) that sampled each response token, stamped by the rollout
+    # worker from the version its engine last received (padding carries the row's version too)
+    token_versions: Tensor | None = _padded(default=None)  # (B, R) int64
 
     def __len__(self) -> int:
         return len(self.prompt_lens)

@@ -19,6 +19,9 @@ from r1ray.workers.placement import WorkerSlot
 
 logger = logging.getLogger(__name__)
 
+# Closing engines, pools and process groups takes a few seconds; a rank past this is stuck in a call.
+SHUTDOWN_TIMEOUT_S = 15.0
+
 
 class WorkerStartupError(RuntimeError):
     """A role's workers did not come up in time; the message names the role and the missing ranks."""
@@ -93,9 +96,17 @@ class WorkerGroup:
         """Per rank, the colocation calls it received, oldest first (`Worker.lifecycle`)."""
         return self._call("lifecycle")
 
-    def shutdown(self) -> None:
-        """Every rank closes what it holds (process groups, engines, subprocess pools); `kill` ends them."""
-        self._call("shutdown")
+    def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Every rank closes what it holds (process groups, engines, subprocess pools); `kill` ends them.
+        A rank still busy after `timeout_s` (a collective waiting for a peer that died) is left to `kill`:
+        a restart must not wait out trainer.collective_timeout_s first."""
+        refs = self._call_async("shutdown")
+        done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if pending:
+            busy = [i for i, r in enumerate(refs) if r in pending]
+            logger.warning("role '%s': ranks %s did not close within %gs (busy in a call); killing them",
+                           self.role, busy, timeout_s)
+        ray.get(done)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """Run `method` on every rank with the same arguments; wait and return all results."""

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from r1ray.algos import aggregate_loss, kl_penalty, policy_loss
+from r1ray.algos import aggregate_loss, kl_penalty
+from r1ray.algos.loss_registry import get_policy_loss
+from r1ray.algos.rollout_correction import CorrectionPreset, correction_weights
 from r1ray.protocol import TrainBatch
 
 
@@ -28,6 +30,8 @@ class LossSettings:
     kl_kind: str
     kl_coef: float                # 0 when KL is off or placed in the reward
     entropy_coef: float
+    policy_loss: str = "clipped"  # a POLICY_LOSSES name or "package.module:function"
+    correction: CorrectionPreset | None = None   # rollout correction (None: weights 1, metrics still logged)
 
 
 def denominator(mask: Tensor, agg: str) -> float:
@@ -40,14 +44,17 @@ def denominator(mask: Tensor, agg: str) -> float:
 class ActorLoss:
     """Callable LossFn for one mini-batch whose global denominator is already known.
 
-    Beside the loss terms' metrics it reports `rollout/logprob_gap`: the mean |trainer - sampler| logprob of
-    the response tokens, both under the weights that sampled them (the old logprobs; on-policy, this update's
-    first and only forward). Kernels, precision and sampling settings make the two drift a little; a large
-    gap means a weight sync that did not land. The update's own steps never enter it.
+    The policy term is `algorithm.policy_loss`'s function from the registry, its per-token losses weighted
+    by the rollout correction between the old logprobs (on-policy: this update's first and only forward)
+    and the engine's (`rollout_corr/*` metrics, r1ray/algos/rollout_correction.py). It also reports
+    `rollout/logprob_gap`, the mean |old - sampler| logprob of the response tokens: kernels, precision and
+    sampling settings make the two drift a little; a large gap means a weight sync that did not land (or,
+    asynchronous, weights several versions old). The update's own steps never enter either.
     """
 
     def __init__(self, settings: LossSettings, global_denominator: float, world_size: int):
         self.s = settings
+        self.policy_loss = get_policy_loss(settings.policy_loss)
         self.global_denominator = max(global_denominator, 1.0)
         self.world_size = world_size
 
@@ -62,18 +69,24 @@ class ActorLoss:
         device = logprobs.device
         mask = micro.response_mask.to(device)
         old = micro.old_logprobs.to(device) if micro.old_logprobs is not None else logprobs.detach()
-        loss, metrics = policy_loss(logprobs, old, micro.advantages.to(device), mask, clip_low=s.clip_low,
-                                    clip_high=s.clip_high, agg=s.agg, dual_clip=s.dual_clip, norm_len=s.norm_len)
-        out = {"actor/" + k: v for k, v in metrics.items()}
+        out: dict[str, float] = {}
+        weights = None
+        if micro.rollout_logprobs is not None:
+            sampler = micro.rollout_logprobs.to(device)
+            weights, corr = correction_weights(old, sampler, mask, s.correction)
+            out.update({"rollout_corr/" + k: v for k, v in corr.items()})
+            gap = (old - sampler).abs()
+            out["rollout/logprob_gap"] = float((gap * mask).sum() / mask.sum().clamp(min=1))
+        loss, metrics = self.policy_loss(logprobs, old, micro.advantages.to(device), mask, clip_low=s.clip_low,
+                                         clip_high=s.clip_high, agg=s.agg, dual_clip=s.dual_clip, norm_len=s.norm_len,
+                                         weights=weights)
+        out.update({"actor/" + k: v for k, v in metrics.items()})
         if micro.ref_logprobs is not None:
             kl = aggregate_loss(kl_penalty(logprobs, micro.ref_logprobs.to(device), s.kl_kind), mask, s.agg,
                                 norm_len=s.norm_len)
             out["actor/kl"] = float(kl.detach())
             if s.kl_coef > 0:
                 loss = loss + s.kl_coef * kl
-        if micro.rollout_logprobs is not None:
-            gap = (old - micro.rollout_logprobs.to(device)).abs()
-            out["rollout/logprob_gap"] = float((gap * mask).sum() / mask.sum().clamp(min=1))
         if entropy is not None:
             ent = aggregate_loss(entropy, mask, s.agg, norm_len=s.norm_len)
             out["actor/entropy"] = float(ent.detach())

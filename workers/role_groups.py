@@ -98,8 +98,9 @@ class RolloutGroup(WorkerGroup):
         """members[e]: (group, sync rank) of each TP worker of engine e."""
         return [w.init_weight_sync.remote(m) for w, m in zip(self.workers, members)]
 
-    def receive_weights_async(self, manifest: Manifest) -> list[ray.ObjectRef]:
-        return self._call_async("receive_weights", manifest)
+    def receive_weights_async(self, manifest: Manifest, version: int = 0) -> list[ray.ObjectRef]:
+        """Every engine loads the actor's weights of `version` (which stamps what it generates next)."""
+        return self._call_async("receive_weights", manifest, version)
 
     def sleep(self) -> None:
         self._call("sleep")

@@ -12,6 +12,8 @@ import os
 from dataclasses import replace
 from typing import Sequence
 
+import torch
+
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, derive_seed
 from r1ray.workers.base import Worker
 from r1ray.workers.engines import RolloutEngine, RolloutSpec, build_rollout_engine
@@ -25,6 +27,9 @@ class RolloutWorker(Worker):
         self.spec = spec
         self.bundle_indices = list(bundle_indices)
         self.engine: RolloutEngine | None = None
+        # The actor version (training steps) of the weights the engine holds: 0 until the first sync,
+        # which the controller always sends before the first generation.
+        self.weight_version = 0
 
     def setup(self) -> None:
         if self.spec.tensor_parallel_size > 1 and self.bundle_indices:
@@ -34,17 +39,22 @@ class RolloutWorker(Worker):
         self._record("setup")
 
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
+        """Every response token stamped with the version of the weights that sampled it."""
         self._record("generate")
-        return self.engine.generate(prompts, replace(sampling, seed=derive_seed(sampling.seed, self.rank)))
+        batch = self.engine.generate(prompts, replace(sampling, seed=derive_seed(sampling.seed, self.rank)))
+        versions = torch.full(batch.rollout_logprobs.shape, self.weight_version, dtype=torch.int64)
+        return replace(batch, token_versions=versions)
 
     def init_weight_sync(self, members: list[tuple[SyncGroupSpec, int]]) -> None:
         """Join the weight sync: (group, sync rank) of each of this engine's TP workers."""
         self.engine.init_weight_sync([{"spec": spec.to_dict(), "rank": rank} for spec, rank in members])
 
-    def receive_weights(self, manifest: Manifest) -> list[FingerprintTable]:
-        """Receive and load the actor's weights; one fingerprint table per receiving process."""
+    def receive_weights(self, manifest: Manifest, version: int = 0) -> list[FingerprintTable]:
+        """Receive and load the actor's weights of `version`; one fingerprint table per receiving process."""
         self._record("receive_weights")
-        return self.engine.receive_weights(manifest)
+        tables = self.engine.receive_weights(manifest)
+        self.weight_version = version
+        return tables
 
     def sleep(self) -> None:
         self._record("sleep")

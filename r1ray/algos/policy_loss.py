@@ -66,6 +66,7 @@ def policy_loss(
     agg: str = "token-mean",
     dual_clip: float | None = None,
     norm_len: int | None = None,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Negated PPO clipped surrogate (Schulman et al. 2017) with decoupled clip bounds.
 
@@ -87,6 +88,8 @@ def policy_loss(
         agg: the aggregation, one of ``LOSS_AGGREGATIONS`` (see ``aggregate_loss``).
         dual_clip: the dual-clip constant ``c > 1``, or ``None`` to disable it.
         norm_len: the constant divisor of ``"seq-mean-token-sum-norm"``; default ``T``.
+        weights: ``(B, T)`` rollout-correction importance weights (see ``rollout_correction``), treated as
+            constants and multiplied into each token's loss; ``None``: all 1.
 
     Returns:
         ``(loss, metrics)``: the scalar loss in ``logprobs.dtype``, and python floats ``pg_loss``,
@@ -94,28 +97,46 @@ def policy_loss(
         (fraction where the dual clip is active) and ``ppo_kl`` (mean of ``old_logp - logp``, the k1
         estimate of KL(old || new) over valid tokens).
     """
-    _check_policy_inputs(logprobs, old_logprobs, advantages, mask, (clip_low, clip_high))
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (it caps the loss at -A * dual_clip), got {dual_clip}")
+    # Padding positions are zeroed before exp so garbage there (even -inf or NaN) cannot reach the
+    # gradient: torch.where passes a zero gradient, where multiplying by the mask would give 0 * NaN.
+    valid, token_advantages, log_ratio, _ = prepare_inputs(logprobs, old_logprobs, advantages, mask,
+                                                           (clip_low, clip_high))
+    token_losses, clip_active, dual_active = _clipped_token_losses(
+        log_ratio, token_advantages, (clip_low, clip_high), dual_clip
+    )
+    token_losses = apply_weights(token_losses, weights, valid)
+    loss = aggregate_loss(token_losses, valid, agg, norm_len=norm_len).to(logprobs.dtype)
+    return loss, loss_metrics(loss, log_ratio, clip_active, dual_active, valid)
+
+
+def apply_weights(token_losses: Tensor, weights: Tensor | None, valid: Tensor) -> Tensor:
+    """Per-token losses times constant ``(B, T)`` correction weights (padding stays 0)."""
+    if weights is None:
+        return token_losses
+    if weights.shape != token_losses.shape:
+        raise ValueError(f"weights must be (B, T) = {tuple(token_losses.shape)}; got {tuple(weights.shape)}")
+    return token_losses * torch.where(valid, weights.detach().to(token_losses.dtype), 0.0)
+
+
+def prepare_inputs(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
+                   clip: tuple[float, float]) -> tuple[Tensor, Tensor, Tensor, torch.dtype]:
+    """Checked inputs as (valid (B, T) bool, token advantages (B, T), log-ratio (B, T), compute dtype):
+    padding zeroed before any exp, the log-ratio bounded. Shared by every loss of the registry."""
+    _check_policy_inputs(logprobs, old_logprobs, advantages, mask, clip)
     valid = as_bool_mask(mask)
     dtype = compute_dtype(logprobs.dtype)
     token_advantages = advantages.detach().to(dtype)
     if token_advantages.dim() == 1:
         token_advantages = token_advantages.unsqueeze(-1).expand_as(logprobs)
     token_advantages = torch.where(valid, token_advantages, 0.0)
-    # Padding positions are zeroed before exp so garbage there (even -inf or NaN) cannot reach the
-    # gradient: torch.where passes a zero gradient, where multiplying by the mask would give 0 * NaN.
     log_ratio = torch.where(valid, logprobs.to(dtype) - old_logprobs.detach().to(dtype), 0.0)
-    log_ratio = log_ratio.clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND)
-    token_losses, clip_active, dual_active = _clipped_token_losses(
-        log_ratio, token_advantages, (clip_low, clip_high), dual_clip
-    )
-    loss = aggregate_loss(token_losses, valid, agg, norm_len=norm_len).to(logprobs.dtype)
-    return loss, _loss_metrics(loss, log_ratio, clip_active, dual_active, valid)
+    return valid, token_advantages, log_ratio.clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND), dtype
 
 
 @torch.no_grad()
-def _loss_metrics(
+def loss_metrics(
     loss: Tensor, log_ratio: Tensor, clip_active: Tensor, dual_active: Tensor, valid: Tensor
 ) -> dict[str, float]:
     """The detached policy-loss metrics as python floats; all tensors but ``loss`` are ``(B, T)``."""
