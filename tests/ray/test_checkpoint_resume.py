@@ -32,7 +32,7 @@ PROMPTS_PER_STEP = 2
 RUN = [f"data.prompts_per_step={PROMPTS_PER_STEP}", f"data.generate.train_size={2 * PROMPTS_PER_STEP}",
        "algorithm.mini_batches=2", "algorithm.ppo_epochs=2", "actor.lr_schedule=cosine", "actor.warmup_steps=2"]
 COMPARED = ("reward/mean", "actor/pg_loss", "actor/grad_norm", "actor/lr", "response_length/mean",
-            "rollout/logprob_gap")
+            "rollout/logprob_gap", "async/staleness_max")
 
 
 class ObservedTrainer(Trainer):
@@ -94,7 +94,8 @@ def runs(ray_cluster, small_config, tmp_path_factory):
     (checkpoints / "step_000009" / "actor").mkdir(parents=True)
     (checkpoints / ".tmp-step_000010").mkdir()
     (checkpoints / ".tmp-step_000010" / "COMPLETE").write_text("ok\n")
-    resumed = _fit(small_config, split_dir, *every_step, "trainer.resume=auto")
+    # trainer.max_staleness=0 spelled out: asynchronous GRPO at K = 0 is the synchronous loop, bit for bit.
+    resumed = _fit(small_config, split_dir, *every_step, "trainer.resume=auto", "trainer.max_staleness=0")
     return {"full": (full, full_dir), "resumed": (resumed, split_dir)}
 
 

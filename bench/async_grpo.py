@@ -1,0 +1,121 @@
+"""Asynchronous GRPO against the synchronous loop: step time at trainer.max_staleness K = 0 and K = 1
+(fixed lag), on the speed benchmark's shape and on a long-tailed length distribution, in one invocation.
+
+    python bench/async_grpo.py                     # both shapes, 1 warm-up + 4 measured steps per run
+    python bench/async_grpo.py --steps 2 --shapes speed --json out.json
+
+Every run uses the same placement, so that only the overlap differs: the actor (and reference) on one
+one-thread bundle, the rollout engine (HF generate) and the reward worker on another, one thread per worker
+(`placement.threads_per_worker=1`): on a 2-core machine, generation has one core and training the other.
+
+The ideal of overlapping generation with the rest of the step is read off the K = 0 run: with gen =
+timing_s/generate + timing_s/sync_weights and rest = timing_s/step - gen, a step can take no less than
+max(gen, rest), so the limit of the K = 1 step time is max(gen, rest) / (gen + rest) of the K = 0 one.
+The table prints each run's mean step time, the K = 1 / K = 0 ratio and that limit.
+
+Shapes (a random tiny Qwen2 of the speed benchmark, 2-digit addition, temperature 1):
+  speed      --n 16 samples x 8 prompts, up to 96 new tokens (bench/grpo_step.py's quick shape)
+  long_tail  --n 16 x 4 prompts, up to 512 new tokens: a random model stops at EOS with a small chance per
+             token, so lengths are roughly geometric with a long tail cut at 512, and the longest sample
+             of a step decides its generation time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from grpo_step import Workload, _env, prepare, r1ray_config, read_jsonl, run_measured  # noqa: E402
+
+SHAPES = {
+    "speed": Workload(n=16, prompts=8, max_new_tokens=96, threads=1),
+    "long_tail": Workload(n=16, prompts=4, max_new_tokens=512, threads=1),
+}
+# Actor and reference on one bundle, rollout and reward on the other; KL off (no reference pass), one
+# thread per worker.
+PLACEMENT = {
+    "pools": {"train": {"nodes": 1, "devices_per_node": 1, "device": "cpu", "cpus_per_bundle": 1},
+              "gen": {"nodes": 1, "devices_per_node": 1, "device": "cpu", "cpus_per_bundle": 1}},
+    "actor": "train", "ref": "train", "rollout": "gen", "reward": "gen", "threads_per_worker": 1,
+}
+
+
+def config(work: Path, model: Path, data: Path, wl: Workload, staleness: int) -> dict[str, Any]:
+    cfg = r1ray_config(work, model, data, wl)
+    cfg["algorithm"] = {"kl_placement": "none", **({"rollout_correction": "tis_token"} if staleness else {})}
+    cfg["placement"] = PLACEMENT
+    # A random model earns no accuracy reward; the length reward varies between samples, so every step
+    # has advantages and really updates (a step with no reward spread skips its update).
+    cfg["reward"] = {"functions": ["auto", "still3_length"], "weights": [1.0, 0.1], "processes": 1}
+    cfg["trainer"]["max_staleness"] = staleness
+    return cfg
+
+
+def measure(work: Path, model: Path, data: Path, wl: Workload, staleness: int, timeout_s: float) -> dict[str, Any]:
+    import yaml
+
+    run_dir = work / f"k{staleness}"
+    run_dir.mkdir()
+    cfg = config(run_dir, model, data, wl, staleness)
+    path = run_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    wall, _ = run_measured(["r1ray", "train", "--config", str(path)], _env(wl), run_dir / "log.txt", timeout_s)
+    records = [r for r in read_jsonl(run_dir / "r1ray" / "metrics.jsonl") if r["step"] > wl.warmup]
+    return summarise(records, wall)
+
+
+def summarise(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    """Mean step time and the generation / rest split of the measured steps."""
+    def mean(key: str) -> float:
+        return sum(r.get(key, 0.0) for r in records) / len(records)
+
+    step = mean("timing_s/step")
+    gen = mean("timing_s/generate") + mean("timing_s/sync_weights")
+    return {"step_s": step, "gen_s": gen, "rest_s": step - gen, "response_length": mean("response_length/mean"),
+            "update_s": mean("timing_s/update_actor"), "grad_norm": mean("actor/grad_norm"),
+            "staleness_mean": mean("async/staleness_mean"), "process_wall_s": wall, "steps": len(records)}
+
+
+def compare(sync: dict[str, Any], fixed_lag: dict[str, Any]) -> dict[str, float]:
+    """K=1 / K=0 step time, and its floor from the K=0 run's split: max(gen, rest) / (gen + rest)."""
+    limit = max(sync["gen_s"], sync["rest_s"]) / sync["step_s"]
+    ratio = fixed_lag["step_s"] / sync["step_s"]
+    return {"k1_over_k0": ratio, "limit": limit, "k1_over_limit": ratio / limit, "speedup": 1 / ratio}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="speed,long_tail")
+    parser.add_argument("--steps", type=int, default=4, help="measured steps per run (after 1 warm-up step)")
+    parser.add_argument("--timeout", type=float, default=1200.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="r1ray_async_bench_") as tmp:
+        for name in args.shapes.split(","):
+            wl = replace(SHAPES[name], steps=args.steps)
+            work = Path(tmp) / name
+            work.mkdir()
+            model, data = prepare(work, wl)
+            runs = {k: measure(work, model, data, wl, k, args.timeout) for k in (0, 1)}
+            results[name] = {"workload": {"n": wl.n, "prompts": wl.prompts, "max_new_tokens": wl.max_new_tokens},
+                             "k0": runs[0], "k1": runs[1], **compare(runs[0], runs[1])}
+    print(f"{'shape':<10} {'K=0 step':>9} {'gen':>6} {'rest':>6} {'K=1 step':>9} {'K1/K0':>6} {'limit':>6} "
+          f"{'K1/limit':>8} {'resp len':>8}")
+    for name, r in results.items():
+        print(f"{name:<10} {r['k0']['step_s']:>8.2f}s {r['k0']['gen_s']:>5.2f}s {r['k0']['rest_s']:>5.2f}s "
+              f"{r['k1']['step_s']:>8.2f}s {r['k1_over_k0']:>6.3f} {r['limit']:>6.3f} {r['k1_over_limit']:>8.3f} "
+              f"{r['k0']['response_length']:>8.1f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
