@@ -60,7 +60,9 @@ def _score_cmd(args: argparse.Namespace) -> int:
     if len(weights) != len(args.reward):
         raise UserError("--weight: give one --weight per --reward, or none")
     result = score_one(args.reward, weights, _response_text(args), args.ground_truth, extra)
-    details = {"components": result.components, "status": result.status, "error": result.error}
+    # What the reward printed is captured in its process (never ahead of the JSON): its tail and size.
+    details = {"components": result.components, "status": result.status, "error": result.error,
+               "output": result.output, "output_bytes": result.output_bytes}
     print(json.dumps({"score": result.score, "details": details}))
     if result.status in ("error", "timeout"):
         print(f"error: the reward {result.status}: {result.error}", file=sys.stderr)

@@ -89,12 +89,17 @@ class ScoreResult:
         status: "ok"; "unscorable" (a function returned None); "timeout" (killed, or an internal
             time limit fired); "error" (a function raised, or the worker died).
         error: what went wrong, "" when status is "ok" or "unscorable".
+        output: the last bytes the reward functions wrote to stdout/stderr for this sample (captured in
+            the worker process, bounded: ``r1ray/rewards/capture.py``).
+        output_bytes: how many bytes they wrote in all.
     """
 
     score: Optional[float]
     components: dict[str, Optional[float]]
     status: Status
     error: str = ""
+    output: str = ""
+    output_bytes: int = 0
 
 
 @dataclass
@@ -143,6 +148,8 @@ class ScoreBatch:
             "reward/timeout_count": float(self.n_timeout),
             "reward/error_count": float(self.n_error),
             "reward/unscorable_count": float(self.n_unscorable),
+            # bytes the reward functions printed (captured, not logged: only a bounded tail is kept)
+            "reward/output_bytes": float(sum(r.output_bytes for r in self.results)),
         }
         scored = [s for s in self.scores if s is not None]
         if scored:

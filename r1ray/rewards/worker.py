@@ -14,9 +14,11 @@ import math
 import signal
 import traceback
 from multiprocessing.connection import Connection
+from dataclasses import replace
 from typing import Optional, Sequence
 
 from r1ray.rewards.base import RewardTimeout
+from r1ray.rewards.capture import CapturedOutput
 from r1ray.rewards.combine import combine_scores
 from r1ray.rewards.registry import get_reward_fn
 from r1ray.rewards.spec import RewardItem, ScoreResult
@@ -89,4 +91,20 @@ def worker_main(fd: int) -> None:
         if message is None:
             return
         index, item = message
-        conn.send(("result", index, score_item(names, weights, item)))
+        conn.send(("result", index, captured_score(names, weights, item)))
+
+
+# Of a failed reward's output, what its one-line error message quotes.
+ERROR_OUTPUT_CHARS = 300
+
+
+def captured_score(names: Sequence[str], weights: Sequence[float], item: RewardItem) -> ScoreResult:
+    """`score_item` with the sample's stdout/stderr captured: its tail and size go into the result (and
+    the end of it into the error of a reward that raised), none of it into the log or the terminal."""
+    with CapturedOutput() as out:
+        result = score_item(names, weights, item)
+    result = replace(result, output=out.tail, output_bytes=out.total_bytes)
+    if result.status == "error" and out.total_bytes:
+        last = " ".join(out.tail.split())[-ERROR_OUTPUT_CHARS:]
+        result = replace(result, error=f"{result.error} (it printed {out.total_bytes} bytes, ending: {last!r})")
+    return result

@@ -50,3 +50,22 @@ def returns_list(response: str, ground_truth: str, extra: dict) -> list:
 def returns_bool(response: str, ground_truth: str, extra: dict) -> bool:
     """A custom reward returning bool: accepted as 1.0 / 0.0 (bool is an int in Python)."""
     return response == "right"
+
+
+def chatty(response: str, ground_truth: str, extra: dict) -> float:
+    """Prints a megabyte through print, stderr's file descriptor and a child process, then scores 1."""
+    import os
+    import subprocess
+    import sys
+
+    for i in range(1000):
+        print(f"line {i:04d} " + "x" * 1014)
+    os.write(2, b"from stderr\n")
+    subprocess.run([sys.executable, "-c", "print('from a child process, the last line')"], check=True)
+    return 1.0
+
+
+def chatty_then_raises(response: str, ground_truth: str, extra: dict) -> float:
+    """Prints a little, then raises."""
+    print("computing the answer for", ground_truth)
+    raise ValueError("no answer")

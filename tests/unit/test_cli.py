@@ -130,7 +130,8 @@ def test_score_math(capsys) -> None:
     assert code == 0
     result = json.loads(out)
     assert result["score"] == 1.0
-    assert result["details"] == {"components": {"math": 1.0}, "status": "ok", "error": ""}
+    assert result["details"] == {"components": {"math": 1.0}, "status": "ok", "error": "", "output": "",
+                                 "output_bytes": 0}
 
 
 def test_score_countdown_with_extra_and_weights(capsys) -> None:
@@ -303,3 +304,16 @@ def test_user_errors_print_without_importing_the_training_stack() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["2", "False", "False"], done.stderr[-2000:]
     assert done.stderr.strip().startswith("error: rollout.n:")
+
+
+def test_score_keeps_what_the_reward_prints_out_of_its_json() -> None:
+    """`r1ray score … | jq` works with a reward that prints: stdout is the JSON line alone."""
+    done = subprocess.run([sys.executable, "-m", "r1ray.controller.cli", "score", "--reward",
+                           "tests.ray.rewards_for_tests:chatty", "--ground-truth", "1", "--response", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1
+    result = json.loads(done.stdout)
+    assert result["score"] == 1.0 and result["details"]["output_bytes"] > 1_000_000
+    assert result["details"]["output"].endswith("from a child process, the last line\n")
+    assert "line 0999" not in done.stderr

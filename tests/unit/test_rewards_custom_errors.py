@@ -79,3 +79,29 @@ def test_a_bool_is_a_number(executors: dict[str, RewardExecutor]) -> None:
     batch = executors["returns_bool"].score([_item("right"), _item("wrong")])
     assert [r.status for r in batch.results] == ["ok", "ok"]
     assert [r.components[f"{HELPERS}:returns_bool"] for r in batch.results] == [1.0, 0.0]
+
+
+def test_what_a_reward_prints_is_captured_bounded_and_counted() -> None:
+    from r1ray.rewards.capture import OUTPUT_TAIL_BYTES
+
+    spec = RewardSpec(names=[f"{HELPERS}:chatty"], weights=[1.0], sample_timeout_s=30.0, batch_timeout_s=60.0,
+                      num_workers=1)
+    with RewardExecutor(spec) as pool:
+        batch = pool.score([RewardItem("r", "1", "", {}), RewardItem("r", "2", "", {})])
+    assert batch.scores == [1.0, 1.0]
+    for result in batch.results:
+        # 1000 lines of 1025 bytes, then stderr and a child process: all of it counted, only the end kept.
+        assert result.output_bytes == 1000 * 1025 + len("from stderr\n") + len("from a child process, the last line\n")
+        assert len(result.output.encode()) == OUTPUT_TAIL_BYTES
+        assert result.output.endswith("from stderr\nfrom a child process, the last line\n")
+    assert batch.metrics()["reward/output_bytes"] == 2 * batch.results[0].output_bytes
+
+
+def test_a_failing_reward_quotes_the_end_of_its_output() -> None:
+    spec = RewardSpec(names=[f"{HELPERS}:chatty_then_raises"], weights=[1.0], sample_timeout_s=30.0,
+                      batch_timeout_s=60.0, num_workers=1)
+    with RewardExecutor(spec) as pool:
+        result = pool.score([RewardItem("r", "42", "", {})]).results[0]
+    assert result.status == "error"
+    assert result.error == (f"{HELPERS}:chatty_then_raises: ValueError: no answer (it printed 28 bytes, ending: "
+                            f"'computing the answer for 42')")
