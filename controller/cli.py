@@ -41,6 +41,9 @@ def _config_cmd(args: argparse.Namespace) -> int:
     if args.action == "show":
         print(config_to_yaml(cfg), end="")
     else:
+        from r1ray.user_code import check_user_code
+
+        check_user_code(cfg)             # reward and loss modules, imported in a child process
         print(f"ok: {args.config or 'defaults'} is valid ({cfg.data.prompts_per_step} prompts x n={cfg.rollout.n} "
               f"per step, {cfg.trainer.total_steps} steps, actor engine {cfg.actor.engine}, rollout {cfg.rollout.engine})")
     return 0

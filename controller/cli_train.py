@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Callable
 
+from r1ray.user_code import check_user_code
+
 logger = logging.getLogger(__name__)
 
 
@@ -17,6 +19,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     # Validate before importing the training stack (torch, Ray, transformers: seconds), so a bad config
     # is rejected at once; so is a directory another run holds. The lock covers the plots too.
     cfg = load_config(args.config, args.overrides)
+    check_user_code(cfg)                 # the config's own modules, imported in a child process
     with RunLock(Path(cfg.trainer.output_dir)):
         return _train(cfg)
 
@@ -77,6 +80,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     from r1ray.controller.evaluate import run_eval
 
     cfg = load_config(args.config, args.overrides)
+    check_user_code(cfg)
     result = run_eval(cfg)
     print(json.dumps(result["metrics"], indent=2))
     print(f"wrote {result['path']}")
@@ -88,6 +92,7 @@ def _sample_cmd(args: argparse.Namespace) -> int:
     from r1ray.controller.sample import run_sample
 
     cfg = load_config(args.config, args.overrides)
+    check_user_code(cfg)
     print(f"wrote rejection-sampled SFT data to {run_sample(cfg)}")
     return 0
 
