@@ -18,7 +18,7 @@ from r1ray.algos import kl_coef_schedule
 from r1ray.config import R1RayConfig
 from r1ray.config_checks import uses_reference_model
 from r1ray.config_load import config_to_dict
-from r1ray.errors import NothingToDo, Stopped, WorkerFailure
+from r1ray.errors import InputMismatch, NothingToDo, Stopped, WorkerFailure
 from r1ray.data.curriculum import CurriculumRule, CurriculumSource
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch, concat_batches
 from r1ray.evaluation import behaviour_rates
@@ -195,6 +195,10 @@ class Trainer:
             try:
                 return self._run(resume)
             except RESTARTABLE as exc:
+                cause = exc.__dict__.get("cause")
+                if isinstance(cause, InputMismatch):
+                    # A file that does not fit the run: a restart would load it again.
+                    raise InputMismatch(str(cause)) from None
                 failure = describe_failure(exc, self.ended_groups)
                 if restart == limit:
                     advice = ("trainer.max_restarts=0: set it above 0 to restart the workers from the newest "

@@ -31,3 +31,9 @@ class Interrupted(KeyboardInterrupt):
 class WorkerFailure(RuntimeError):
     """A worker died, raised, or hung past its deadline, and trainer.max_restarts restarts were used up (or
     none were allowed); the message names the role, the rank and the cause. The CLI exits with 1."""
+
+
+class InputMismatch(ValueError):
+    """A model, checkpoint or data file does not fit the run (another model's checkpoint, a truncated
+    weights file); the message names the file and the mismatch and says how to fix it. Raised in a
+    worker, it ends the run at once: a restart would load the same file again. The CLI exits with 2."""

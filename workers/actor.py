@@ -11,6 +11,7 @@ import torch.distributed as dist
 from r1ray.protocol import TrainBatch, split_batch
 from r1ray.workers.engines import EngineSpec
 from r1ray.models.export import write_hf_model
+from r1ray.models.load_errors import checkpoint_load_errors
 from r1ray.workers.losses import ActorLoss, LossSettings, SFTLoss, denominator
 from r1ray.workers.policy import PolicyWorker
 from r1ray.workers.weight_sync import Manifest, SyncGroup, SyncGroupSpec
@@ -101,7 +102,9 @@ class ActorWorker(PolicyWorker):
         self.engine.save(target)
 
     def load(self, path: str) -> None:
-        self.engine.load(Path(path))
+        """A checkpoint's actor state; another model's checkpoint is an InputMismatch naming the tensor."""
+        with checkpoint_load_errors(Path(path).parent):
+            self.engine.load(Path(path))
 
     def shutdown(self) -> None:
         if self.sync is not None:

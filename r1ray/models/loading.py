@@ -64,12 +64,15 @@ def load_model_and_tokenizer(
     Returns:
         The model in eval mode on CPU, and its tokenizer.
     """
-    model = AutoModelForCausalLM.from_pretrained(
-        os.fspath(path),
-        dtype=resolve_dtype(dtype),
-        attn_implementation=attn_implementation,
-        trust_remote_code=trust_remote_code,
-    )
+    from r1ray.models.load_errors import model_load_errors
+
+    with model_load_errors(path):
+        model = AutoModelForCausalLM.from_pretrained(
+            os.fspath(path),
+            dtype=resolve_dtype(dtype),
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
     model.eval()
     return model, load_tokenizer(path, trust_remote_code=trust_remote_code)
 

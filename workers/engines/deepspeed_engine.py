@@ -122,12 +122,15 @@ class DeepSpeedEngine(MicroBatchedEngine):
         from transformers import AutoModelForCausalLM
         from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
+        from r1ray.models.load_errors import model_load_errors
+
         zero3 = config["zero_optimization"]["stage"] == 3
         hf_config = HfDeepSpeedConfig(config) if zero3 else None
         try:
-            return AutoModelForCausalLM.from_pretrained(
-                self.spec.model_path, dtype=DTYPES[self.spec.dtype], attn_implementation=self.spec.attn_implementation,
-                trust_remote_code=self.spec.trust_remote_code)
+            with model_load_errors(self.spec.model_path):
+                return AutoModelForCausalLM.from_pretrained(
+                    self.spec.model_path, dtype=DTYPES[self.spec.dtype],
+                    attn_implementation=self.spec.attn_implementation, trust_remote_code=self.spec.trust_remote_code)
         finally:
             # The flag is process-global: left set, every later from_config (the HF export) would be
             # built partitioned too.

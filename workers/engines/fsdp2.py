@@ -81,9 +81,12 @@ class FSDP2Engine(MicroBatchedEngine):
     def _load_checkpoint(self) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(
-            self.spec.model_path, dtype=self._weights_dtype(), attn_implementation=self.spec.attn_implementation,
-            trust_remote_code=self.spec.trust_remote_code)
+        from r1ray.models.load_errors import model_load_errors
+
+        with model_load_errors(self.spec.model_path):
+            return AutoModelForCausalLM.from_pretrained(
+                self.spec.model_path, dtype=self._weights_dtype(), attn_implementation=self.spec.attn_implementation,
+                trust_remote_code=self.spec.trust_remote_code)
 
     def _meta_model(self) -> torch.nn.Module:
         from transformers import AutoConfig, AutoModelForCausalLM
