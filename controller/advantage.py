@@ -69,7 +69,8 @@ def build_train_batch(rollout: RolloutBatch, scores: Tensor, algo: AlgorithmConf
     if algo.kl_placement == "reward" and ref_logprobs is not None:
         kl = kl_penalty(rollout.rollout_logprobs, ref_logprobs, algo.kl_kind) * mask
         scores = scores - kl_coef * kl.sum(-1)
-    advantages = compute_advantages(algo.adv_estimator, scores, rollout.group_size)  # (B,)
+    # REINFORCE++ whitens over the batch's response tokens (as OpenRLHF and verl do): pass each row's count.
+    advantages = compute_advantages(algo.adv_estimator, scores, rollout.group_size, token_counts=mask.sum(-1))  # (B,)
     return TrainBatch(
         tokens=rollout.tokens, cu_seqlens=rollout.cu_seqlens, prompt_lens=rollout.prompt_lens,
         response_mask=mask, advantages=advantages[:, None] * mask,

@@ -71,26 +71,32 @@ def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
 
 
 def reinforce_pp_advantages(
-    rewards: Tensor, group_size: int, *, subtract_group_mean: bool, eps: float = 1e-6
+    rewards: Tensor, group_size: int, *, subtract_group_mean: bool, eps: float = 1e-6,
+    token_counts: Tensor | None = None,
 ) -> Tensor:
     """REINFORCE++ advantages (Hu 2025, "REINFORCE++"): normalised over the whole batch.
 
-    Without a group baseline: ``A_i = (r_i - mean(batch)) / (std(batch) + eps)``. With
-    ``subtract_group_mean=True`` ("REINFORCE++-baseline") each reward first has its group mean removed,
-    then the centred values are normalised with the batch mean and std. Normalising by the batch
-    rather than the group std is what keeps the estimator stable on prompts with tiny group spread.
-    The std is the sample (unbiased) standard deviation.
+    Without a group baseline: ``A_i = (r_i - mean) / (std + eps)``. With ``subtract_group_mean=True``
+    ("REINFORCE++-baseline") each reward first has its group mean removed, then the centred values are
+    normalised. Normalising by the batch rather than the group std is what keeps the estimator stable on
+    prompts with tiny group spread. The std is the unbiased (Bessel-corrected) standard deviation.
+
+    With ``token_counts`` the mean and std are over tokens, as OpenRLHF and verl whiten REINFORCE++ returns
+    over the response tokens of the batch: sequence i counts ``token_counts[i]`` times, so long responses
+    weigh more in the statistics. Without it every sequence counts once.
 
     Args:
         rewards: ``(N,)`` scalar rewards, group by group; NaN marks an unscorable sample.
         group_size: ``G``, samples per prompt; must divide ``N``.
         subtract_group_mean: subtract the group mean before the batch normalisation.
         eps: added to the batch std.
+        token_counts: ``(N,)`` response tokens of each sample (the loss mask's row sums), or None.
 
     Returns:
-        ``(N,)`` advantages in ``rewards.dtype`` (float32 for integer rewards). Unscorable samples get 0
-        and are left out of the batch statistics; with the group baseline, so are the members of groups
-        with fewer than 2 valid samples. A batch with no spread gives all zeros.
+        ``(N,)`` advantages in ``rewards.dtype`` (float32 for integer rewards). Unscorable samples (and,
+        with ``token_counts``, samples with no token) get 0 and are left out of the batch statistics; with
+        the group baseline, so are the members of groups with fewer than 2 valid samples. A batch with no
+        spread gives all zeros.
     """
     stats = group_stats(rewards, group_size)
     if subtract_group_mean:
@@ -101,22 +107,40 @@ def reinforce_pp_advantages(
     else:
         values = torch.where(stats.valid, stats.filled, torch.nan)
     flat = values.reshape(-1)
-    if flat.numel() == 0:
-        return flat.to(output_dtype(rewards.dtype))
-    advantages = grpo_advantages(flat, flat.numel(), normalize_std=True, eps=eps)
-    return advantages.to(output_dtype(rewards.dtype))
+    weights = torch.ones_like(flat) if token_counts is None else token_counts.to(flat.dtype).reshape(-1)
+    return _whiten(flat, weights, eps).to(output_dtype(rewards.dtype))
 
 
-_ESTIMATORS: dict[str, Callable[[Tensor, int, float], Tensor]] = {
-    "grpo": lambda r, g, eps: grpo_advantages(r, g, normalize_std=True, eps=eps),
-    "drgrpo": lambda r, g, eps: grpo_advantages(r, g, normalize_std=False, eps=eps),
-    "rloo": lambda r, g, eps: rloo_advantages(r, g),
-    "reinforce_pp": lambda r, g, eps: reinforce_pp_advantages(r, g, subtract_group_mean=False, eps=eps),
-    "reinforce_pp_baseline": lambda r, g, eps: reinforce_pp_advantages(r, g, subtract_group_mean=True, eps=eps),
+def _whiten(values: Tensor, weights: Tensor, eps: float) -> Tensor:
+    """(values - mean) / (std + eps) with each value counted `weights` times (unbiased std); NaN values and
+    zero weights are left out and get 0; no spread gives zeros."""
+    valid = ~torch.isnan(values) & (weights > 0)
+    w = torch.where(valid, weights, 0.0)
+    x = torch.where(valid, values, 0.0)
+    n = w.sum()
+    if n <= 1:
+        return torch.zeros_like(values)
+    mean = (w * x).sum() / n
+    var = (w * (x - mean) ** 2).sum() / (n - 1)
+    if var <= 0:
+        return torch.zeros_like(values)
+    return torch.where(valid, (x - mean) / (var.sqrt() + eps), 0.0)
+
+
+# (rewards, group size, eps, token counts or None) -> advantages; only REINFORCE++ reads the token counts.
+_ESTIMATORS: dict[str, Callable[[Tensor, int, float, Tensor | None], Tensor]] = {
+    "grpo": lambda r, g, eps, t: grpo_advantages(r, g, normalize_std=True, eps=eps),
+    "drgrpo": lambda r, g, eps, t: grpo_advantages(r, g, normalize_std=False, eps=eps),
+    "rloo": lambda r, g, eps, t: rloo_advantages(r, g),
+    "reinforce_pp": lambda r, g, eps, t: reinforce_pp_advantages(r, g, subtract_group_mean=False, eps=eps,
+                                                                 token_counts=t),
+    "reinforce_pp_baseline": lambda r, g, eps, t: reinforce_pp_advantages(r, g, subtract_group_mean=True, eps=eps,
+                                                                          token_counts=t),
 }
 
 
-def compute_advantages(estimator: str, rewards: Tensor, group_size: int, *, eps: float = 1e-6) -> Tensor:
+def compute_advantages(estimator: str, rewards: Tensor, group_size: int, *, eps: float = 1e-6,
+                       token_counts: Tensor | None = None) -> Tensor:
     """Dispatches to the advantage estimator named in the config.
 
     Args:
@@ -125,6 +149,7 @@ def compute_advantages(estimator: str, rewards: Tensor, group_size: int, *, eps:
         rewards: ``(N,)`` scalar rewards, group by group; NaN marks an unscorable sample.
         group_size: ``G``, samples per prompt; must divide ``N``.
         eps: the std guard of the normalising estimators (unused by ``"rloo"``).
+        token_counts: ``(N,)`` response tokens per sample; REINFORCE++ normalises over tokens with them.
 
     Returns:
         ``(N,)`` advantages, NaN-free.
@@ -136,4 +161,4 @@ def compute_advantages(estimator: str, rewards: Tensor, group_size: int, *, eps:
         raise ValueError(
             f"unknown advantage estimator {estimator!r}; valid names: {', '.join(ADVANTAGE_ESTIMATORS)}"
         )
-    return _ESTIMATORS[estimator](rewards, group_size, eps)
+    return _ESTIMATORS[estimator](rewards, group_size, eps, token_counts)

@@ -168,3 +168,25 @@ def test_compute_advantages_unknown_name_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="grpo, drgrpo, rloo"):
         compute_advantages("ppo", torch.zeros(2), 2)
 
+
+
+def test_reinforce_pp_normalises_over_tokens_like_the_reference_implementations() -> None:
+    # OpenRLHF and verl whiten REINFORCE++ returns over the batch's response tokens: with outcome rewards
+    # every token of a sequence carries its reward, so the statistics are those of the rewards repeated
+    # once per token (unbiased std). Lengths 1, 4, 2, 3; rewards 1, 0, 0, 1.
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    lengths = torch.tensor([1, 4, 2, 3])
+    per_token = torch.repeat_interleave(rewards, lengths)            # what the references whiten
+    mean, std = per_token.mean(), per_token.std()                    # 0.4, 0.516398
+    expected = (rewards - mean) / std
+    got = reinforce_pp_advantages(rewards, 2, subtract_group_mean=False, eps=0.0, token_counts=lengths)
+    _close(got, expected.tolist())
+    _close(got, [1.161895, -0.774597, -0.774597, 1.161895])
+    # Per sequence (no counts) the mean is 0.5: long sequences no longer outweigh short ones.
+    _close(reinforce_pp_advantages(rewards, 2, subtract_group_mean=False, eps=0.0), [0.866025, -0.866025, -0.866025, 0.866025])
+    # A sequence with no token (fully masked) is left out of the statistics and gets 0.
+    zero = reinforce_pp_advantages(rewards, 2, subtract_group_mean=False, eps=0.0,
+                                   token_counts=torch.tensor([1, 4, 2, 0]))
+    assert zero[3] == 0.0
+    per_token = torch.repeat_interleave(rewards[:3], torch.tensor([1, 4, 2]))
+    _close(zero[:3], ((rewards[:3] - per_token.mean()) / per_token.std()).tolist())
