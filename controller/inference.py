@@ -28,7 +28,7 @@ class InferenceRoles:
         if model_path:
             cfg = replace(cfg, model=replace(cfg.model, path=model_path))
         slots = placement.only(["rollout", "reward"]).create(cfg.trainer.startup_timeout_s)
-        self.rollout = build_rollout_group(cfg, slots["rollout"])
+        self.rollout = build_rollout_group(cfg, slots["rollout"], placement)
         self.reward = build_reward_group(cfg, slots["reward"])
         ray.get(self.rollout.setup_async() + self.reward.setup_async())
 

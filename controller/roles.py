@@ -81,19 +81,21 @@ def reward_spec(cfg: R1RayConfig) -> RewardSpec:
                       batch_timeout_s=r.batch_timeout_s, num_workers=r.processes, language=r.language)
 
 
-def rollout_spec(cfg: R1RayConfig) -> RolloutSpec:
+def rollout_spec(cfg: R1RayConfig, placement: Placement | None = None) -> RolloutSpec:
+    """The engines' spec; their device is that of the rollout's pool in `placement` (default: the config's)."""
     r, m = cfg.rollout, cfg.model
+    placement = placement or Placement.from_config(cfg.placement)
     return RolloutSpec(
         engine=r.engine, model_path=m.path, dtype=m.dtype, max_model_len=r.max_prompt_length + r.max_response_length,
-        seed=cfg.trainer.seed, device=cfg.placement.pools[cfg.placement.rollout].device,
+        seed=cfg.trainer.seed, device=placement.pools[placement.roles["rollout"]].device,
         trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation,
         generate_batch_size=r.generate_batch_size, tensor_parallel_size=r.tensor_parallel_size,
         gpu_memory_utilization=r.gpu_memory_utilization, sleep_level=vllm_sleep_level(r.free_cache_engine),
         cpu_kv_cache_gib=r.cpu_kv_cache_gib)
 
 
-def build_rollout_group(cfg: R1RayConfig, slots: list) -> RolloutGroup:
-    spec = rollout_spec(cfg)
+def build_rollout_group(cfg: R1RayConfig, slots: list, placement: Placement) -> RolloutGroup:
+    spec = rollout_spec(cfg, placement)
     engines = engine_slots(slots, spec.tensor_parallel_size, on_gpu=spec.device == "gpu")
     return RolloutGroup(engines, spec, startup_timeout_s=cfg.trainer.startup_timeout_s,
                         collective_timeout_s=cfg.trainer.collective_timeout_s)
@@ -104,9 +106,10 @@ def build_reward_group(cfg: R1RayConfig, slots: list) -> RewardGroup:
                        collective_timeout_s=cfg.trainer.collective_timeout_s)
 
 
-def colocated(cfg: R1RayConfig) -> bool:
-    """Actor and rollout share devices: the step runs the wake / sync / generate / sleep cycle."""
-    return cfg.placement.rollout == cfg.placement.actor
+def colocated(placement: Placement) -> bool:
+    """Actor and rollout share devices: the step runs the wake / sync / generate / sleep cycle. Read from
+    the placement the groups are built from (the Python API may pass one that differs from the config's)."""
+    return placement.roles["rollout"] == placement.roles["actor"]
 
 
 def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
@@ -125,8 +128,9 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
     ref_spec = replace(spec, model_path=cfg.model.ref_path) if cfg.model.ref_path else spec
     ref = (RefGroup(slots["ref"], engine_kind=cfg.actor.engine, spec=ref_spec, startup_timeout_s=t.startup_timeout_s,
                     collective_timeout_s=t.collective_timeout_s) if use_ref else None)
-    roles = Roles(actor, ref, build_rollout_group(cfg, slots["rollout"]), build_reward_group(cfg, slots["reward"]))
-    if colocated(cfg):
+    roles = Roles(actor, ref, build_rollout_group(cfg, slots["rollout"], placement),
+                  build_reward_group(cfg, slots["reward"]))
+    if colocated(placement):
         # vLLM sizes its KV cache from the free device memory it profiles at start-up: it must start (and
         # go to sleep) before the actor and reference load onto the same devices.
         roles.rollout.setup()
@@ -134,19 +138,19 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
         ray.get([r for g in (actor, ref, roles.reward) if g is not None for r in g.setup_async()])
     else:
         ray.get([r for g in roles.all() for r in g.setup_async()])
-    connect_weight_sync(roles, cfg)
+    connect_weight_sync(roles, cfg, placement)
     return roles
 
 
-def sync_backend(cfg: R1RayConfig) -> str:
+def sync_backend(placement: Placement) -> str:
     """"ipc" when actor and engines share devices (NCCL refuses two ranks of a group on one GPU; on CPU the
     same path shares host memory); otherwise NCCL between GPUs, gloo on CPU."""
-    if colocated(cfg):
+    if colocated(placement):
         return "ipc"
-    return "nccl" if cfg.placement.pools[cfg.placement.actor].device == "gpu" else "gloo"
+    return "nccl" if placement.pools[placement.roles["actor"]].device == "gpu" else "gloo"
 
 
-def sync_layout(cfg: R1RayConfig, roles: Roles) -> tuple[list[SyncGroupSpec | None], list[list[tuple[SyncGroupSpec, int]]]]:
+def sync_layout(cfg: R1RayConfig, roles: Roles, placement: Placement) -> tuple[list[SyncGroupSpec | None], list[list[tuple[SyncGroupSpec, int]]]]:
     """Who sends to whom: (the group each actor rank sends to, or None; per engine, (group, sync rank) of
     each TP worker).
 
@@ -156,7 +160,7 @@ def sync_layout(cfg: R1RayConfig, roles: Roles) -> tuple[list[SyncGroupSpec | No
     """
     tp, timeout = cfg.rollout.tensor_parallel_size, cfg.trainer.collective_timeout_s
     engines = roles.rollout.engines
-    backend = sync_backend(cfg)
+    backend = sync_backend(placement)
     if backend == "ipc":
         specs = [SyncGroupSpec(master_addr=h, master_port=p, world_size=2, backend="ipc", timeout_s=timeout)
                  for h, p in roles.actor.addresses()]
@@ -168,10 +172,10 @@ def sync_layout(cfg: R1RayConfig, roles: Roles) -> tuple[list[SyncGroupSpec | No
             [[(spec, e.sync_rank_offset + t) for t in range(tp)] for e in engines])
 
 
-def connect_weight_sync(roles: Roles, cfg: R1RayConfig) -> None:
+def connect_weight_sync(roles: Roles, cfg: R1RayConfig, placement: Placement) -> None:
     """Every actor rank that sends and every TP worker of every engine join their weight-sync group."""
-    actor_specs, members = sync_layout(cfg, roles)
-    if colocated(cfg):
+    actor_specs, members = sync_layout(cfg, roles, placement)
+    if colocated(placement):
         roles.rollout.wake(["weights"])      # vLLM's weight-transfer engine needs its workers awake
     ray.get([*roles.actor.init_weight_sync_async(actor_specs), *roles.rollout.init_weight_sync_async(members)])
     logger.info("weight sync ready: %s, %d sender(s), %d engine(s) x TP %d", actor_specs[0].backend,

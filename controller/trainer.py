@@ -62,7 +62,11 @@ class Trainer:
         self.data: Datasets | None = None
         self.sampler: CurriculumSource | None = None
         self.manifest: list | None = None
-        self.colocated = colocated(cfg)      # actor and rollout share devices (see `generate`)
+        self.colocated = colocated(self.placement)     # actor and rollout share devices (see `generate`)
+        if self.colocated and cfg.trainer.max_staleness:
+            raise ValueError(f"trainer.max_staleness={cfg.trainer.max_staleness} needs the rollout engines on devices "
+                             f"of their own, but the placement puts rollout and actor in pool "
+                             f"'{self.placement.roles['actor']}'; give the rollout a pool of its own")
         # The actor has changed since the engines last received its weights: true at start, so the engines
         # get the actor's weights (resumed or not) before they first generate.
         self.weights_stale = True

@@ -17,6 +17,7 @@ import torch
 pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[cpu]' (CI installs it)")
 
 from r1ray.controller.roles import sync_backend  # noqa: E402
+from r1ray.workers.placement import Placement  # noqa: E402
 from r1ray.controller.trainer import Trainer  # noqa: E402
 from r1ray.models import build_tiny_model  # noqa: E402
 
@@ -41,7 +42,7 @@ def vllm_run(ray_cluster, small_config, tmp_path_factory):
     model = build_tiny_model(tmp / "model", hidden=64, layers=2, heads=2, kv_heads=1, max_position_embeddings=256)
     run = [f"model.path={model}", *COLOCATED, "trainer.total_steps=2", "trainer.save_every=1"]
     cfg = small_config(tmp / "out", *run)
-    assert sync_backend(cfg) == "ipc"       # shared memory here, CUDA IPC on a GPU: NCCL refuses one device twice
+    assert sync_backend(Placement.from_config(cfg.placement)) == "ipc"       # shared memory here, CUDA IPC on a GPU: NCCL refuses one device twice
     trainer = Trainer(cfg)
     trainer._build()
     try:

@@ -573,3 +573,29 @@ def test_updates_that_skip_every_optimizer_step_stop_the_run_after_the_limit() -
     assert watch_skipped(1, nan, optimizer_steps=2, limit=3) == 2
     with pytest.raises(NonFiniteUpdates, match=r"not finite \(last grad norm nan\) in every optimizer step of 3 updates"):
         watch_skipped(2, nan, optimizer_steps=2, limit=3)
+
+
+def test_the_placement_passed_in_decides_colocation_sync_backend_and_rollout_device(tmp_path: Path) -> None:
+    """The Python API's placement, not the config's, picks the colocated cycle, the sync backend and the
+    engines' device (issue 23 item 2): here the config keeps the rollout on a pool of its own, the
+    placement passed in colocates it with the actor on a GPU pool."""
+    from r1ray.controller.roles import colocated, rollout_spec, sync_backend
+    from r1ray.controller.trainer import Trainer
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(repo / "configs" / "quickstart.yaml", ["stages=[]", f"trainer.output_dir={tmp_path}",
+                                                              "placement.pools.gen.devices_per_node=1",
+                                                              "placement.rollout=gen", "placement.reward=gen"])
+    from_config = Placement.from_config(cfg.placement)
+    assert not colocated(from_config) and sync_backend(from_config) == "gloo"
+    shared = Placement(pools={"gpus": ResourcePool(devices_per_node=2, device="gpu")},
+                       roles={"actor": "gpus", "ref": "gpus", "rollout": "gpus", "reward": "gpus"})
+    trainer = Trainer(cfg, placement=shared)
+    assert trainer.colocated                                  # the wake / sync / generate / sleep cycle
+    assert sync_backend(trainer.placement) == "ipc"           # never NCCL between two processes on one GPU
+    assert rollout_spec(cfg, trainer.placement).device == "gpu"
+    assert rollout_spec(cfg).device == "cpu"                  # the config's own pool
+    # Asynchronous GRPO refuses a placement that colocates, whatever the config says.
+    with pytest.raises(ValueError, match=r"^trainer.max_staleness=1 needs the rollout engines on devices of their "
+                                         r"own, but the placement puts rollout and actor in pool 'gpus'"):
+        Trainer(replace(cfg, trainer=replace(cfg.trainer, max_staleness=1)), placement=shared)
