@@ -39,10 +39,27 @@ def default_group_backend(device: torch.device) -> str:
 
 
 def pick_device() -> torch.device:
-    """The GPU Ray assigned to this actor, or the CPU."""
-    if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES", "") != "":
-        return torch.device("cuda", 0)
-    return torch.device("cpu")
+    """The GPU Ray assigned to this actor, or the CPU (an actor that reserved no GPU gets none from Ray)."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    import ray
+
+    assigned = ray.get_gpu_ids() if ray.is_initialized() else []
+    if not assigned:
+        return torch.device("cpu")
+    return torch.device("cuda", gpu_index(assigned, os.environ.get("CUDA_VISIBLE_DEVICES")))
+
+
+def gpu_index(assigned: list, visible: str | None) -> int:
+    """The torch index of the first GPU Ray assigned (`ray.get_gpu_ids()`, physical ids) given this process's
+    CUDA_VISIBLE_DEVICES. Ray normally sets that to the assigned ids, making the index 0; with
+    RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES (vLLM's TP workers set it) every GPU stays visible and
+    index 0 would put every worker on GPU 0."""
+    first = str(assigned[0])
+    if not visible:
+        return int(first)
+    ids = [v.strip() for v in visible.split(",")]
+    return ids.index(first) if first in ids else 0
 
 
 def cap_threads() -> None:

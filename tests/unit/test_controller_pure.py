@@ -599,3 +599,15 @@ def test_the_placement_passed_in_decides_colocation_sync_backend_and_rollout_dev
     with pytest.raises(ValueError, match=r"^trainer.max_staleness=1 needs the rollout engines on devices of their "
                                          r"own, but the placement puts rollout and actor in pool 'gpus'"):
         Trainer(replace(cfg, trainer=replace(cfg.trainer, max_staleness=1)), placement=shared)
+
+
+@pytest.mark.parametrize(("assigned", "visible", "index"), [
+    (["3"], "3", 0),                 # Ray narrowed CUDA_VISIBLE_DEVICES to the assigned GPU
+    (["2"], None, 2),                # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES: every GPU visible
+    ([2], "0,1,2,3", 2),
+    (["5"], "4,5", 1),               # a user's own subset, still not narrowed by Ray
+])
+def test_a_worker_takes_the_gpu_ray_assigned_not_gpu_0(assigned, visible, index) -> None:
+    from r1ray.workers.base import gpu_index
+
+    assert gpu_index(assigned, visible) == index
