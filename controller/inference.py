@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ray
 
 from r1ray.config import R1RayConfig
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams
 from r1ray.rewards import ScoreBatch
+from r1ray.workers.group import setup_groups
 from r1ray.workers.placement import Placement
 
 from r1ray.controller.roles import build_reward_group, build_rollout_group, shutdown_groups
@@ -30,7 +30,7 @@ class InferenceRoles:
         slots = placement.only(["rollout", "reward"]).create(cfg.trainer.startup_timeout_s)
         self.rollout = build_rollout_group(cfg, slots["rollout"], placement)
         self.reward = build_reward_group(cfg, slots["reward"])
-        ray.get(self.rollout.setup_async() + self.reward.setup_async())
+        setup_groups([self.rollout, self.reward], cfg.trainer.startup_timeout_s)
 
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
         return self.rollout.generate(prompts, sampling)

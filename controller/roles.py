@@ -13,7 +13,7 @@ from r1ray.loss_spec import resolve_preset
 from r1ray.rewards import RewardSpec
 from r1ray.workers.engines import EngineSpec, RolloutSpec
 from r1ray.workers.engines.base import vllm_sleep_level
-from r1ray.workers.group import WorkerGroup
+from r1ray.workers.group import WorkerGroup, setup_groups
 from r1ray.workers.losses import LossSettings
 from r1ray.workers.placement import Placement
 from r1ray.workers.role_groups import (ActorGroup, RefGroup, RewardGroup, RolloutGroup, engine_slots,
@@ -133,11 +133,11 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
     if colocated(placement):
         # vLLM sizes its KV cache from the free device memory it profiles at start-up: it must start (and
         # go to sleep) before the actor and reference load onto the same devices.
-        roles.rollout.setup()
+        setup_groups([roles.rollout], t.startup_timeout_s)
         roles.rollout.sleep()
-        ray.get([r for g in (actor, ref, roles.reward) if g is not None for r in g.setup_async()])
+        setup_groups([g for g in (actor, ref, roles.reward) if g is not None], t.startup_timeout_s)
     else:
-        ray.get([r for g in roles.all() for r in g.setup_async()])
+        setup_groups(roles.all(), t.startup_timeout_s)
     connect_weight_sync(roles, cfg, placement)
     return roles
 

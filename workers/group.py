@@ -10,6 +10,7 @@ groups run at the same time, and `_scatter_async` cuts a batch by rank.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Sequence
 
 import ray
@@ -126,3 +127,22 @@ class WorkerGroup:
     def kill(self) -> None:
         for w in self.workers:
             ray.kill(w, no_restart=True)
+
+
+def setup_groups(groups: Sequence[WorkerGroup], timeout_s: float) -> None:
+    """Every rank of every group builds its engine, all at once, within one deadline: an engine whose
+    placement cannot be met (vLLM's TP workers asking Ray for more GPU than a bundle has left) or a model
+    that never finishes loading fails with one line naming the roles and ranks still building, instead of
+    waiting forever. A rank that raises fails at once with its own error."""
+    owner = {ref: (g.role, rank) for g in groups for rank, ref in enumerate(g.setup_async())}
+    pending, deadline = list(owner), time.monotonic() + timeout_s
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            late = sorted(owner[r] for r in pending)
+            raise WorkerStartupError(
+                f"{', '.join(f'role {role!r} rank {rank}' for role, rank in late)} did not finish setup within "
+                f"{timeout_s:g}s (trainer.startup_timeout_s): a placement its engine cannot get (free GPU share, "
+                f"bundles) or a model load that hangs; see the worker logs under /tmp/ray")
+        ray.get(done)
+

@@ -36,6 +36,9 @@ class EngineSlot:
     slot: WorkerSlot                 # the worker's slot, rank = engine index
     bundle_indices: tuple[int, ...]  # bundles of the placement group the engine's TP workers take
     sync_rank_offset: int            # weight-sync rank of the engine's first TP worker
+    # GPU each of vLLM's TP workers reserves (VLLM_RAY_PER_WORKER_GPUS): the rollout's share of its bundle,
+    # which is less than 1 when colocated; 0 where the engine's own worker holds the device (TP 1, CPU).
+    tp_worker_gpus: float = 0.0
 
 
 def engine_slots(slots: Sequence[WorkerSlot], tp: int, on_gpu: bool) -> list[EngineSlot]:
@@ -53,8 +56,10 @@ def engine_slots(slots: Sequence[WorkerSlot], tp: int, on_gpu: bool) -> list[Eng
         if len({(s.node_index, id(s.placement_group)) for s in group}) != 1:
             raise ValueError(f"rollout engine {e}: its {tp} bundles span nodes; make devices_per_node a multiple "
                              f"of rollout.tensor_parallel_size")
-        first = replace(group[0], rank=e, num_gpus=0.0 if (on_gpu and tp > 1) else group[0].num_gpus)
-        engines.append(EngineSlot(first, tuple(s.bundle_index for s in group), 1 + e * tp))
+        split = on_gpu and tp > 1
+        first = replace(group[0], rank=e, num_gpus=0.0 if split else group[0].num_gpus)
+        engines.append(EngineSlot(first, tuple(s.bundle_index for s in group), 1 + e * tp,
+                                  tp_worker_gpus=group[0].num_gpus if split else 0.0))
     return engines
 
 
@@ -83,7 +88,8 @@ class RolloutGroup(WorkerGroup):
         self.engines = list(engines)
         super().__init__("rollout", worker_cls, [e.slot for e in engines], startup_timeout_s=startup_timeout_s,
                          collective_timeout_s=collective_timeout_s, distributed=False,
-                         per_rank_kwargs=[dict(bundle_indices=e.bundle_indices) for e in engines],
+                         per_rank_kwargs=[dict(bundle_indices=e.bundle_indices, tp_worker_gpus=e.tp_worker_gpus)
+                                          for e in engines],
                          init_kwargs=dict(spec=spec), env_vars=client_threads(spec))
 
     def generate_async(self, prompts: PromptBatch, sampling: SamplingParams) -> list[ray.ObjectRef]:

@@ -22,10 +22,11 @@ from r1ray.workers.weight_sync import Manifest, SyncGroupSpec
 
 class RolloutWorker(Worker):
     def __init__(self, role: str, rank: int, world_size: int, spec: RolloutSpec,
-                 bundle_indices: Sequence[int] = ()):
+                 bundle_indices: Sequence[int] = (), tp_worker_gpus: float = 0.0):
         super().__init__(role, rank, world_size)
         self.spec = spec
         self.bundle_indices = list(bundle_indices)
+        self.tp_worker_gpus = tp_worker_gpus
         self.engine: RolloutEngine | None = None
         # The actor version (training steps) of the weights the engine holds: 0 until the first sync,
         # which the controller always sends before the first generation.
@@ -35,6 +36,10 @@ class RolloutWorker(Worker):
         if self.spec.tensor_parallel_size > 1 and self.bundle_indices:
             # vLLM's Ray executor places this engine's TP workers on exactly these bundles.
             os.environ["VLLM_RAY_BUNDLE_INDICES"] = ",".join(str(i) for i in self.bundle_indices)
+        if self.spec.tensor_parallel_size > 1 and self.tp_worker_gpus > 0:
+            # Each TP worker asks Ray for this much GPU (vLLM's default is 1.0, which a bundle the actor and
+            # reference already hold a share of can never grant: the engine would wait forever).
+            os.environ["VLLM_RAY_PER_WORKER_GPUS"] = str(self.tp_worker_gpus)
         self.engine = build_rollout_engine(self.spec, self.device)
         self._record("setup")
 

@@ -44,3 +44,12 @@ def test_an_engine_may_not_span_nodes_and_tp_must_divide_the_pool():
         engine_slots(_pool(2, 2), tp=4, on_gpu=True)
     with pytest.raises(ValueError, match="tensor_parallel_size=3 must divide the rollout pool's 8 bundles"):
         engine_slots(_pool(1, 8), tp=3, on_gpu=True)
+
+
+def test_colocated_tp_workers_ask_for_the_rollouts_share_of_the_gpu():
+    """Colocated with the actor and reference, the rollout holds a third of each GPU: vLLM's TP workers must
+    ask Ray for that (VLLM_RAY_PER_WORKER_GPUS), not for vLLM's default of a whole GPU (issue 23 item 1)."""
+    engines = engine_slots(_pool(1, 4, gpus=1 / 3), tp=2, on_gpu=True)
+    assert [e.tp_worker_gpus for e in engines] == [pytest.approx(1 / 3)] * 2
+    assert all(e.slot.num_gpus == 0.0 for e in engines)
+    assert [e.tp_worker_gpus for e in engine_slots(_pool(1, 2, gpus=0.5), tp=1, on_gpu=True)] == [0.0, 0.0]

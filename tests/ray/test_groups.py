@@ -14,7 +14,7 @@ from ray.util.placement_group import remove_placement_group
 
 from r1ray.protocol import PromptBatch, concat_batches
 from r1ray.workers.base import Worker
-from r1ray.workers.group import WorkerGroup, WorkerStartupError
+from r1ray.workers.group import WorkerGroup, WorkerStartupError, setup_groups
 from r1ray.workers.placement import Placement, PlacementError, ResourcePool
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,6 +43,13 @@ class EchoWorker(Worker):
         value = torch.tensor([float(self.rank + 1)])
         dist.all_reduce(value)
         return dist.get_backend(), float(value)
+
+
+class SlowSetupWorker(Worker):
+    """Starts at once; its `setup` (where an engine would wait for a placement it cannot get) never ends."""
+
+    def setup(self) -> None:
+        time.sleep(600)
 
 
 class SlowWorker(Worker):
@@ -164,4 +171,20 @@ def test_startup_timeout_names_the_role(ray_cluster):
                         init_kwargs={"delay_s": 60})
         assert time.monotonic() - started < 30
     finally:
+        _release(slots)
+
+
+def test_an_engine_setup_that_never_ends_fails_at_the_startup_deadline(ray_cluster):
+    """issue 23 item 1: an engine waiting for a placement it cannot get used to hang the run forever."""
+    slots = _slots("hung", "rollout", 1)
+    group = WorkerGroup("rollout", SlowSetupWorker, slots, startup_timeout_s=60, collective_timeout_s=60,
+                        distributed=False)
+    try:
+        started = time.monotonic()
+        with pytest.raises(WorkerStartupError, match=r"^role 'rollout' rank 0 did not finish setup within 2s "
+                                                     r"\(trainer.startup_timeout_s\)"):
+            setup_groups([group], timeout_s=2)
+        assert time.monotonic() - started < 30
+    finally:
+        group.kill()
         _release(slots)
