@@ -328,6 +328,25 @@ def _engine_rules(cfg: R1RayConfig) -> list[str]:
         problems.append(f"actor.zero_stage: {a.zero_stage}; the {engine.title} engine runs ZeRO stage {stages}")
     if cfg.model.dtype == "float16" and device in engine.float16_refused_on:
         problems.append(f"model.dtype: float16 {engine.float16_why}; use bfloat16")
+    return problems + _colocation_rules(cfg)
+
+
+def _colocation_rules(cfg: R1RayConfig) -> list[str]:
+    """Settings that cannot work when the rollout shares the actor's GPUs."""
+    p, a = cfg.placement, cfg.actor
+    if p.rollout != p.actor or _pool_device(cfg, p.actor) != "gpu":
+        return []
+    problems = []
+    if a.engine == "deepspeed" and a.zero_stage == 2 and a.cpu_offload:
+        # DeepSpeed's reload_states moves the fp32 partitions and Adam state back to the GPU whatever
+        # cpu_offload says, while the gradient buffers stay pinned on the host.
+        problems.append("actor.cpu_offload: DeepSpeed ZeRO-2 cannot offload between phases when the rollout shares "
+                        "the actor's GPUs (placement.rollout = placement.actor); use actor.zero_stage=3, or "
+                        "actor.cpu_offload=false, or a rollout pool of its own")
+    if cfg.rollout.engine == "vllm" and not cfg.rollout.free_cache_engine:
+        problems.append("rollout.free_cache_engine: false keeps vLLM's weights and KV cache on the GPUs the actor "
+                        "trains on (placement.rollout = placement.actor); set it true, or give the rollout a pool "
+                        "of its own")
     return problems
 
 

@@ -528,3 +528,21 @@ def test_the_cpu_head_sizes_are_those_of_the_installed_vllm() -> None:
     from r1ray.engines import ROLLOUT_ENGINES
 
     assert ROLLOUT_ENGINES.entries["vllm"].cpu_head_sizes == tuple(CPUAttentionBackend.get_supported_head_sizes())
+
+
+def test_colocated_gpu_settings_that_cannot_work_are_refused(monkeypatch) -> None:
+    """issue 23 items 4 and 5: ZeRO-2 offload and a vLLM that never sleeps, on GPUs shared with the actor."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in ("vllm", "deepspeed")
+                        else real(name, *a))
+    gpu = BASE + ["placement.pools.default.device=gpu"]
+    problem = only_problem(gpu + ["actor.engine=deepspeed", "actor.zero_stage=2", "actor.cpu_offload=true"])
+    assert problem.startswith("actor.cpu_offload: DeepSpeed ZeRO-2 cannot offload between phases when the rollout "
+                              "shares the actor's GPUs")
+    problem = only_problem(gpu + ["rollout.engine=vllm", "rollout.free_cache_engine=false"])
+    assert problem.startswith("rollout.free_cache_engine: false keeps vLLM's weights and KV cache on the GPUs")
+    # ZeRO-3 offload and a sleeping vLLM are fine; so is either on CPU pools.
+    load_config(None, gpu + ["actor.engine=deepspeed", "actor.zero_stage=3", "actor.cpu_offload=true"])
+    load_config(None, BASE + ["actor.engine=deepspeed", "actor.zero_stage=2", "actor.cpu_offload=true"])
