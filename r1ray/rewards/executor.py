@@ -34,6 +34,7 @@ from multiprocessing.connection import Connection, wait
 from types import TracebackType
 from typing import Optional, Sequence
 
+from r1ray.rewards.reaper import kill_descendants
 from r1ray.rewards.spec import RewardItem, RewardSpec, ScoreBatch, ScoreResult, Status
 
 logger = logging.getLogger(__name__)
@@ -264,6 +265,9 @@ class RewardExecutor:
             except (OSError, subprocess.TimeoutExpired):
                 pass  # gone already, or ignoring us: killed below
         if worker.process.poll() is None:
+            # The worker adopts every orphan of its rewards (a subreaper): its tree holds them all,
+            # daemons that left its process group included.
+            kill_descendants(worker.process.pid)
             worker.process.kill()
         _reap(worker.process)
         _kill_group(worker.process.pid)

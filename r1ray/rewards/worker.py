@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import traceback
 from multiprocessing.connection import Connection
@@ -19,6 +20,7 @@ from typing import Optional, Sequence
 
 from r1ray.rewards.base import RewardTimeout
 from r1ray.rewards.capture import CapturedOutput
+from r1ray.rewards.reaper import become_subreaper, kill_descendants
 from r1ray.rewards.combine import combine_scores
 from r1ray.rewards.registry import get_reward_fn
 from r1ray.rewards.spec import RewardItem, ScoreResult
@@ -75,6 +77,9 @@ def worker_main(fd: int) -> None:
     stop or until the parent goes away."""
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Orphans of whatever the rewards start (a double-forked daemon) are adopted here, not by init, so
+    # that they can be found and killed (r1ray/rewards/reaper.py).
+    become_subreaper()
     conn = Connection(fd)
     try:
         names, weights = conn.recv()
@@ -103,6 +108,9 @@ def captured_score(names: Sequence[str], weights: Sequence[float], item: RewardI
     the end of it into the error of a reward that raised), none of it into the log or the terminal."""
     with CapturedOutput() as out:
         result = score_item(names, weights, item)
+        # Nothing a reward started outlives its sample: a process still running (a daemon) is killed,
+        # with what it wrote so far counted.
+        kill_descendants(os.getpid())
     result = replace(result, output=out.tail, output_bytes=out.total_bytes)
     if result.status == "error" and out.total_bytes:
         last = " ".join(out.tail.split())[-ERROR_OUTPUT_CHARS:]

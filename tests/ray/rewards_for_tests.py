@@ -69,3 +69,36 @@ def chatty_then_raises(response: str, ground_truth: str, extra: dict) -> float:
     """Prints a little, then raises."""
     print("computing the answer for", ground_truth)
     raise ValueError("no answer")
+
+
+def _daemon(pid_file: str) -> None:
+    """Double-fork a `sleep` that leaves the session (setsid) and writes its pid to `pid_file`."""
+    import os
+    import sys
+
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            with open(pid_file, "w") as f:
+                f.write(str(os.getpid()))
+            os.execvp("sleep", ["sleep", "300"])
+        os._exit(0)
+    os.wait()
+    while not os.path.exists(pid_file) or not open(pid_file).read():
+        pass
+    sys.stdout.flush()
+
+
+def daemonizes(response: str, ground_truth: str, extra: dict) -> float:
+    """Leaves a daemon behind (its pid in extra["pid_file"]) and scores 1."""
+    _daemon(extra["pid_file"])
+    return 1.0
+
+
+def daemonizes_then_hangs(response: str, ground_truth: str, extra: dict) -> float:
+    """Leaves a daemon behind, then never returns (killed at sample_timeout_s)."""
+    import time
+
+    _daemon(extra["pid_file"])
+    while True:
+        time.sleep(60)

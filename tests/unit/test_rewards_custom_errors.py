@@ -105,3 +105,29 @@ def test_a_failing_reward_quotes_the_end_of_its_output() -> None:
     assert result.status == "error"
     assert result.error == (f"{HELPERS}:chatty_then_raises: ValueError: no answer (it printed 28 bytes, ending: "
                             f"'computing the answer for 42')")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("name", ["daemonizes", "daemonizes_then_hangs"])
+def test_a_daemon_a_reward_leaves_behind_is_killed(tmp_path, name) -> None:
+    """A double-forked, setsid daemon escapes the worker's process group; the worker adopts it (a child
+    subreaper) and kills it after the sample, or the pool kills the worker's whole tree at the timeout."""
+    import time
+
+    pid_file = tmp_path / "daemon.pid"
+    spec = RewardSpec(names=[f"{HELPERS}:{name}"], weights=[1.0], sample_timeout_s=3.0, batch_timeout_s=30.0,
+                      num_workers=1)
+    with RewardExecutor(spec) as pool:
+        result = pool.score([RewardItem("r", "1", "", {"pid_file": str(pid_file)})]).results[0]
+        assert result.status == ("ok" if name == "daemonizes" else "timeout")
+        daemon = int(pid_file.read_text())
+        deadline = time.monotonic() + 10
+        while _alive(daemon) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(daemon)
