@@ -126,7 +126,10 @@ def _data_rules(cfg: R1RayConfig) -> list[str]:
         problems.append("data.train_files: empty; list JSONL/Parquet files, or set data.generate.task to build a dataset")
     for key in ("train_files", "val_files"):
         for name in getattr(d, key):
-            if not Path(name).is_file() and "://" not in name:
+            if Path(name).is_dir():
+                problems.append(f"data.{key}: '{name}' is a directory; list the JSONL/Parquet files in it, e.g. "
+                                f"data.{key}=[{Path(name) / 'train.jsonl'}]")
+            elif not Path(name).is_file() and "://" not in name:
                 problems.append(f"data.{key}: '{name}' not found; check the path (relative paths start at the working directory)")
     if d.generate.task:
         if d.generate.task not in TASKS:

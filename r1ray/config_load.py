@@ -118,6 +118,9 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
         loaded = OmegaConf.to_container(OmegaConf.load(path))
     except yaml.MarkedYAMLError as exc:
         raise ConfigError([yaml_error_line(path, exc)]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save "
+                           f"it as UTF-8"]) from exc
     except Exception as exc:  # other parse failures (OmegaConf's own) carry no position
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError([f"{path}: not valid YAML: {first}"]) from exc
@@ -198,9 +201,20 @@ def _type_problems(user: dict[str, Any]) -> list[str]:
                 OmegaConf.merge(base, nested)
         except OmegaConfBaseException as exc:
             key = getattr(exc, "full_key", None) or ".".join(path)
-            msg = str(exc).splitlines()[0]
-            problems.append(f"{key}: {msg}")
+            problems.append(f"{key}: {_type_message(key, value, str(exc).splitlines()[0])}")
     return problems
+
+
+def _type_message(key: str, value: Any, omegaconf_says: str) -> str:
+    """What a wrongly typed value means, in the terms of the config rather than OmegaConf's."""
+    if value is None:
+        empty = f" (an empty string is {key}='')" if "of type 'str'" in omegaconf_says else ""
+        return f"no value given; write {key}=<value>{empty}"
+    if "is not a ListConfig" in omegaconf_says:
+        return f"expected a list, got {value!r}; write it in brackets, e.g. {key}=[{value}]"
+    if "is not a DictConfig" in omegaconf_says or "is not a subclass of" in omegaconf_says or "to Dict[" in omegaconf_says:
+        return f"expected a section of keys, got {value!r}; see `r1ray config fields` for what {key} holds"
+    return omegaconf_says
 
 
 def _leaves(tree: Any, path: tuple[str, ...]):
