@@ -68,6 +68,8 @@ def _model_rules(cfg: R1RayConfig) -> list[str]:
         problems.append("model.path: empty; set it to a Hugging Face model directory (or model.init_tiny=true with a path to build into)")
     elif not m.init_tiny and not m.fetch and not Path(m.path).exists() and not _looks_like_hub_id(m.path):
         problems.append(f"model.path: '{m.path}' does not exist; give a model directory or set model.init_tiny=true")
+    elif not m.init_tiny and not m.fetch and Path(m.path).is_dir():
+        problems += _model_dir_rules(Path(m.path))
     if m.ref_path:
         problems += _ref_path_rules(cfg)
     if m.init_tiny and m.fetch:
@@ -87,6 +89,20 @@ def _model_rules(cfg: R1RayConfig) -> list[str]:
         problems.append(f"rollout.max_prompt_length + rollout.max_response_length = {total} exceeds the model's "
                         f"{limit} positions; lower one of them (or set model.max_model_len if the model allows more)")
     return problems
+
+
+def _model_dir_rules(path: Path) -> list[str]:
+    """A directory given as model.path that is not a model: a training checkpoint, or a file's parent."""
+    if (path / "config.json").is_file():
+        return []
+    if (path / "COMPLETE").is_file() and (path / "actor").is_dir():
+        return [f"model.path: '{path}' is a training checkpoint, not a model directory; export it first "
+                f"(r1ray export {path} --out <dir>) and give that, or resume it with trainer.resume={path}"]
+    if (path / "checkpoints").is_dir() and (path / "metrics.jsonl").is_file():
+        return [f"model.path: '{path}' is a run's output directory, not a model; export one of its checkpoints "
+                f"(r1ray export {path}/checkpoints/step_... --out <dir>) and give that"]
+    # Anything else may still become a model (an earlier pipeline stage writes it): left to the loader.
+    return []
 
 
 def _ref_path_rules(cfg: R1RayConfig) -> list[str]:
