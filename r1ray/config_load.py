@@ -135,10 +135,20 @@ def _parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError([f"override '{o}': write it as section.key=value, e.g. trainer.total_steps=10" for o in bad])
+    indexed = [o for o in overrides if any(part.isdigit() for part in o.partition("=")[0].split("."))]
+    if indexed:
+        raise ConfigError([f"override '{o}': one element of a list cannot be set on its own; give the whole list, "
+                           f"e.g. {_list_key(o)}=[...]" for o in indexed])
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         raise ConfigError([f"overrides: {str(exc).splitlines()[0]}"]) from exc
+
+
+def _list_key(override: str) -> str:
+    """'reward.weights.0=2' -> 'reward.weights': the key up to the first list index."""
+    parts = override.partition("=")[0].split(".")
+    return ".".join(parts[:next(i for i, p in enumerate(parts) if p.isdigit())])
 
 
 def _deep_merge(into: dict[str, Any], other: dict[str, Any]) -> None:
