@@ -104,11 +104,27 @@ def dashboard_exposure_warning(dashboard: bool, host: str, token_auth: bool) -> 
 
 
 def check_before_start(cfg) -> None:
-    """What the machine can tell before a run writes anything: a local cluster's GPUs."""
+    """What the machine can tell before a run writes anything: the cluster address, a local cluster's GPUs."""
     from r1ray.workers.placement import Placement
 
+    check_address(cfg.ray.address)
     if starts_local_cluster(cfg.ray.address):
         check_local_gpus(Placement.from_config(cfg.placement))
+
+
+def check_address(configured: str) -> None:
+    """ray.address (or RAY_ADDRESS) must be HOST:PORT with a numeric port, 'auto', 'local' or a ray:// or
+    http(s):// URL; ValueError naming the source otherwise (Ray's own message names neither, and comes after
+    the run has written its data)."""
+    source, address = ("ray.address", configured) if configured else ("RAY_ADDRESS", os.environ.get("RAY_ADDRESS", ""))
+    if not address or address in ("auto", "local") or address.startswith(("ray://", "http://", "https://")):
+        return
+    host, sep, port = address.rpartition(":")
+    if sep and host and port.isdigit() and 0 < int(port) < 65536:
+        return
+    why = f"port '{port}' is not a number from 1 to 65535" if sep and host else "it has no :PORT"
+    raise ValueError(f"{source}: '{address}' is not HOST:PORT ({why}); give e.g. 10.0.0.1:6379, 'auto' on a Ray "
+                     f"node, or ray://HOST:10001")
 
 
 def starts_local_cluster(address: str) -> bool:

@@ -82,3 +82,28 @@ def _env_without_ray_address() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+@pytest.mark.parametrize(("configured", "env", "message"), [
+    ("badhost:abc", None, "ray.address: 'badhost:abc' is not HOST:PORT (port 'abc' is not a number from 1 to 65535)"),
+    ("", "headnode", "RAY_ADDRESS: 'headnode' is not HOST:PORT (it has no :PORT)"),
+    ("", "10.0.0.1:70000", "RAY_ADDRESS: '10.0.0.1:70000' is not HOST:PORT (port '70000' is not a number"),
+])
+def test_an_unparsable_cluster_address_names_its_source(monkeypatch, configured, env, message) -> None:
+    from r1ray.controller.ray_cluster import check_address
+
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    with pytest.raises(ValueError) as info:
+        check_address(configured)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_valid_cluster_addresses_pass(monkeypatch) -> None:
+    from r1ray.controller.ray_cluster import check_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for address in ("", "auto", "local", "10.0.0.1:6379", "[::1]:6379", "ray://head:10001", "http://head:8265"):
+        check_address(address)
