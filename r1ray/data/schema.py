@@ -101,6 +101,10 @@ def _parse_prompt(value: Any, where: str, path: str) -> str | list[dict[str, str
                 f"got {str(message)[:60]} (fix the chat messages of this row)"
             )
         messages.append({"role": message["role"], "content": message["content"]})
+    if not any(m["role"] == "user" for m in messages):
+        roles = ", ".join(m["role"] for m in messages)
+        raise DataError(f"{where}: field '{path}' has no user message (roles: {roles}); the question must be a "
+                        f"{{'role': 'user', 'content': ...}} message")
     return messages
 
 
