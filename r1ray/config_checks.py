@@ -26,8 +26,37 @@ GROUP_ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline")
 def check_config(cfg: R1RayConfig) -> list[str]:
     problems = _choices(cfg, "")
     for rule in (_model_rules, _data_rules, _rollout_rules, _algorithm_rules, _batch_rules,
-                 _reward_rules, _optimizer_rules, _placement_rules, _engine_rules, _trainer_rules):
+                 _reward_rules, _optimizer_rules, _placement_rules, _engine_rules, _trainer_rules, _range_rules):
         problems += rule(cfg)
+    return problems
+
+
+# Numbers with a range that no other rule checks: (dotted key, lowest, highest, whether each end is allowed).
+RANGES = (
+    ("actor.min_lr_ratio", 0.0, 1.0, (True, True)),
+    ("rollout.gpu_memory_utilization", 0.0, 1.0, (False, True)),
+    ("data.generate.val_size", 0, None, (True, True)),
+    ("algorithm.overlong_penalty", 0.0, None, (True, True)),
+    ("algorithm.entropy_coef", 0.0, None, (True, True)),
+    ("trainer.eval_temperature", 0.0, None, (True, True)),
+)
+
+
+def _range_rules(cfg: R1RayConfig) -> list[str]:
+    """Each of RANGES in its range, and the AdamW betas in [0, 1): one line per value outside."""
+    problems = []
+    for key, low, high, (low_ok, high_ok) in RANGES:
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        below = value < low or (value == low and not low_ok)
+        above = high is not None and (value > high or (value == high and not high_ok))
+        if below or above:
+            span = (f"{'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}" if high is not None
+                    else f">= {low}" if low_ok else f"> {low}")
+            problems.append(f"{key}: {value} is out of range; it must be {span}")
+    if not all(0.0 <= b < 1.0 for b in cfg.actor.betas) or len(cfg.actor.betas) != 2:
+        problems.append(f"actor.betas: {list(cfg.actor.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
     return problems
 
 
