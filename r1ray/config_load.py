@@ -201,16 +201,29 @@ def _type_problems(user: dict[str, Any]) -> list[str]:
     except OmegaConfBaseException:
         pass
     problems = []
+    # Each leaf is merged into its own section's schema, not the whole config's: a merge copies its base,
+    # and the whole config made a bad value take half a second to report.
+    sections = get_type_hints(R1RayConfig)
+    bases: dict[str, Any] = {}
     for path, value in _leaves(user, ()):
+        section = sections.get(path[0]) if len(path) > 1 else None
+        prefix = ""
+        if section is not None and is_dataclass(section):
+            if path[0] not in bases:
+                bases[path[0]] = OmegaConf.structured(section)
+            target, keys, prefix = bases[path[0]], path[1:], path[0] + "."
+        else:
+            target, keys = base, path
         nested: Any = value
-        for key in reversed(path):
+        for key in reversed(keys):
             nested = {key: nested}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                OmegaConf.merge(base, nested)
+                OmegaConf.merge(target, nested)
         except OmegaConfBaseException as exc:
-            key = getattr(exc, "full_key", None) or ".".join(path)
+            full = getattr(exc, "full_key", None)
+            key = prefix + full if full else ".".join(path)
             problems.append(f"{key}: {_type_message(key, value, str(exc).splitlines()[0])}")
     return problems
 
