@@ -122,9 +122,18 @@ class RunLock:
     def _acquire(self) -> None:
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ValueError(f"trainer.output_dir {self.out_dir}: is a file; choose a directory")
-        self._make_dirs()
         self.record = this_holder(self.command)
         text = json.dumps(self.record)
+        try:
+            self._make_dirs()
+            created = self._create(text)
+        except FileExistsError:
+            raise
+        except OSError as exc:            # read-only filesystem, no permission, a path under /sys or /proc
+            raise ValueError(f"trainer.output_dir {self.out_dir}: cannot write there ({exc.strerror or exc}); "
+                             f"choose a directory this user can write to") from None
+        if created:
+            return
         for _ in range(3):                # a lock that vanishes or is taken over meanwhile: look again
             if self._create(text):
                 return

@@ -149,3 +149,22 @@ def test_train_into_a_locked_directory_fails_at_once_with_one_line(tmp_path: Pat
                                 f"host {socket.gethostname()}, started 2024-05-01T10:00:00+00:00: r1ray train --config "
                                 f"other.yaml); wait for it to end or choose another trainer.output_dir"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE]
+
+
+def test_an_output_directory_that_cannot_be_written_is_one_line(tmp_path) -> None:
+    """A read-only place (here /sys, which refuses mkdir even to root) is a user error, not a traceback."""
+    import os
+
+    target = Path("/sys/r1ray_run_lock_test")
+    try:
+        os.mkdir(target)
+    except OSError:
+        pass
+    else:
+        os.rmdir(target)
+        pytest.skip("/sys accepts new directories here; nothing read-only to try")
+    with pytest.raises(ValueError) as info:
+        with RunLock(target / "run"):
+            pass
+    assert str(info.value).startswith(f"trainer.output_dir {target / 'run'}: cannot write there (")
+    assert str(info.value).endswith("; choose a directory this user can write to")
