@@ -7,8 +7,13 @@ Everything passed in is primitives (vLLM sends RPC arguments as msgpack).
 
 After every weight update the prefix cache is reset: otherwise the KV of the shared prompt template,
 computed with step 0's weights, would be reused for the whole run. Logprobs are requested after
-temperature and top-p/top-k (`processed_logprobs`), the distribution the tokens were really drawn from,
-so `rollout/logprob_gap` and KL-in-reward compare like with like. Every prompt gets its own seed (vLLM
+temperature and top-p/top-k (`processed_logprobs`), the distribution the tokens were really drawn from.
+That holds for both of vLLM 0.32's samplers: V1's (`vllm/v1/sample/sampler.py`) and Model Runner V2's on
+GPU (`vllm/v1/worker/gpu/sample/sampler.py`: `_sample_random` returns the logits after
+`apply_top_k_top_p`, and asking for processed logprobs turns the fused FlashInfer sampler off). The actor
+recomputes logprobs after temperature only, so with top_p < 1 or top_k > 0 `rollout/logprob_gap` and the
+rollout-correction ratios include the renormalisation over the kept tokens, not only engine drift; the HF
+engine returns temperature-only logprobs, like the actor. Every prompt gets its own seed (vLLM
 gives the n samples of a request seed, seed + 1, ...), derived from the engine's per-step seed.
 
 Sleep mode (level 2: weights discarded, then resent by the sync) exists on CUDA only; on CPU the same
