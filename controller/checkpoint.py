@@ -72,6 +72,9 @@ class TrainerState:
     # Asynchronous runs: steps after `step` whose prompts the sampler has already given out (their
     # generations were in flight); pending_rollouts.pt holds their prompts and batches.
     pending_steps: list[int] = field(default_factory=list)
+    # The actor's weight version (updates taken; a step with no reward spread takes none); -1 in checkpoints
+    # written before versions existed, read as `step`.
+    version: int = -1
 
 
 PENDING = "pending_rollouts.pt"

@@ -123,7 +123,7 @@ class Trainer:
             return 0, self.run_id
         self.roles.actor.load(path / "actor")
         self.sampler.load_state_dict(state.sampler)
-        self.version = state.step
+        self.version = state.version if state.version >= 0 else state.step
         self._carry_over(read_pending(path, state), state.step)
         logger.info("resumed from %s at step %d", path, state.step)
         return state.step, state.run_id
@@ -150,11 +150,15 @@ class Trainer:
 
     def _carry_over(self, pending: dict[int, tuple[PromptBatch, RolloutBatch]], step: int) -> None:
         """A checkpoint's dispatched steps: a batch whose tokens stay within the staleness bound when it
-        trains is trained as it is (so a fixed-lag run resumes bit for bit); the others are generated
-        again from their prompts. Either way no prompt is repeated or skipped."""
+        trains (step j trains at version self.version + j - step - 1 when every step updates) is trained as
+        it is, so a fixed-lag run resumes bit for bit; the others are generated again from their prompts.
+        Either way no prompt is repeated or skipped."""
         bound = self.cfg.trainer.max_staleness
-        reuse = {j: entry for j, entry in pending.items()
-                 if self.queue is not None and (j - 1) - int(entry[1].token_versions.min()) <= bound}
+
+        def lag(j: int, batch: RolloutBatch) -> int:
+            return self.version + (j - step - 1) - int(batch.token_versions.min())
+
+        reuse = {j: entry for j, entry in pending.items() if self.queue is not None and lag(j, entry[1]) <= bound}
         if self.queue is not None:
             self.queue.restore(reuse)
         self.carried = {j: prompts for j, (prompts, _) in pending.items() if j not in reuse}
@@ -414,7 +418,7 @@ class Trainer:
         from weights older than the checkpoint's, so a resumed run could not generate them again)."""
         pending = self.queue.collected() if self.queue is not None else {}
         state = TrainerState(step=step, sampler=self.sampler.state_dict(), run_id=self.run_id,
-                             pending_steps=sorted(pending))
+                             pending_steps=sorted(pending), version=self.version)
         return self.checkpoints.save(
             state, write_actor=self.roles.actor.save, model_path=self.cfg.model.path,
             config_yaml=config_to_yaml_redacted(self.cfg), pending=pending)

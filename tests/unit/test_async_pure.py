@@ -55,7 +55,8 @@ def test_stamps_survive_selection_and_concatenation() -> None:
 def test_a_checkpoint_carries_the_pending_batches(tmp_path: Path) -> None:
     manager = CheckpointManager(tmp_path / "checkpoints", keep=2)
     pending = {3: ("prompts of step 3", _rollout([1, 1], [2, 3]))}
-    state = TrainerState(step=2, sampler={"epoch": 0, "position": 6}, run_id="r", pending_steps=[3])
+    # Version 1 at step 2: one step had no reward spread and took no update.
+    state = TrainerState(step=2, sampler={"epoch": 0, "position": 6}, run_id="r", pending_steps=[3], version=1)
     path = manager.save(state, write_actor=lambda d: d.mkdir(), model_path="", config_yaml="", pending=pending)
     got_state, _ = read_checkpoint(path)
     assert got_state == state
@@ -69,4 +70,5 @@ def test_a_checkpoint_carries_the_pending_batches(tmp_path: Path) -> None:
     # Old trainer_state.json files without the field still load.
     legacy = json.loads((sync / "trainer_state.json").read_text())
     legacy.pop("pending_steps")
-    assert TrainerState(**legacy).pending_steps == []
+    legacy.pop("version")
+    assert TrainerState(**legacy).pending_steps == [] and TrainerState(**legacy).version == -1
