@@ -13,7 +13,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from r1ray.config import DataConfig, R1RayConfig
+from r1ray.config import AlgorithmConfig, DataConfig, R1RayConfig
 from r1ray.data import TASKS
 from r1ray.data.template import PromptStyle
 from r1ray.engines import ROLLOUT_ENGINES, TRAIN_ENGINES, EngineRegistry
@@ -269,7 +269,7 @@ def _algorithm_rules(cfg: R1RayConfig) -> list[str]:
     return problems + _loss_rules(a)
 
 
-def _loss_rules(a) -> list[str]:
+def _loss_rules(a: AlgorithmConfig) -> list[str]:
     """The policy loss names a registered loss or an importable module; the correction's cap and band."""
     problems = []
     if ":" in a.policy_loss:

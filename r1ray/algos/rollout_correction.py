@@ -52,9 +52,9 @@ def correction_weights(
     log_rho = torch.where(valid, old_logprobs.float() - rollout_logprobs.float(), 0.0).clamp(-_LOG_BOUND, _LOG_BOUND)
     rho = torch.exp(log_rho)
     n_valid = valid.sum().clamp(min=1)
-    metrics = {"kl_k3": float(((rho - 1.0 - log_rho) * valid).sum() / n_valid)}
+    kl_k3 = ((rho - 1.0 - log_rho) * valid).sum() / n_valid
     if preset is None:
-        return None, {**metrics, "truncated_frac": 0.0, "masked_frac": 0.0}
+        return None, {"kl_k3": float(kl_k3), "truncated_frac": 0.0, "masked_frac": 0.0}
 
     if preset.level == "token":
         raw = rho
@@ -76,10 +76,11 @@ def correction_weights(
         truncated, masked = torch.zeros_like(valid), valid & ~inside
     weights = torch.where(valid, weights, 0.0)
 
-    metrics["truncated_frac"] = float(truncated.sum() / n_valid)
-    metrics["masked_frac"] = float(masked.sum() / n_valid)
+    # One device-to-host copy for the scalars, not one per metric (this runs for every micro-batch).
+    values = [kl_k3, truncated.sum() / n_valid, masked.sum() / n_valid]
     kept_weights = weights[valid]
     if kept_weights.numel():
-        q = torch.quantile(kept_weights, torch.tensor([0.1, 0.5, 0.9], dtype=kept_weights.dtype)).tolist()
-        metrics.update({"weight_p10": q[0], "weight_p50": q[1], "weight_p90": q[2]})
-    return weights, metrics
+        values += list(torch.quantile(kept_weights, torch.tensor([0.1, 0.5, 0.9], dtype=kept_weights.dtype,
+                                                                 device=kept_weights.device)))
+    names = ["kl_k3", "truncated_frac", "masked_frac", "weight_p10", "weight_p50", "weight_p90"]
+    return weights, dict(zip(names, torch.stack(values).tolist()))
