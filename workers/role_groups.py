@@ -76,9 +76,14 @@ def client_threads(spec: RolloutSpec) -> dict[str, str]:
     environment of the process start (torch.set_num_threads changes only the calling thread): with two
     threads on a 2-core machine the engine core's small torch ops waited on threads descheduled by vLLM's
     busy-polling processes, and the quickstart's generation took 3.2 s a step instead of 0.25 s. vLLM's
-    compute threads are set from its CPU binding (`vllm_rollout`), not from this.
+    compute threads are set from its CPU binding (`vllm_rollout`), not from this. An engine that computes in
+    the worker's own process (vLLM on a CPU pool with TP 1) keeps the placement's share: those threads are
+    its compute threads.
     """
-    threads = ROLLOUT_ENGINES.get(spec.engine).client_threads
+    entry = ROLLOUT_ENGINES.get(spec.engine)
+    if entry.cpu_in_process and spec.device == "cpu" and spec.tensor_parallel_size == 1:
+        return {}
+    threads = entry.client_threads
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
 
 

@@ -74,7 +74,16 @@ class VLLMRolloutEngine:
         else:
             # CPU: no CUDA graphs or compilation to gain; the KV cache is sized in GiB.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(spec.cpu_kv_cache_gib)
-            if spec.tensor_parallel_size > 1:
+            if spec.tensor_parallel_size == 1:
+                # One engine, one device: the engine core and its worker run in this process (vLLM's
+                # in-process client and uniprocess executor), on this worker's share of cores (its
+                # OMP_NUM_THREADS, from the placement). vLLM's default on CPU spawns an engine-core process
+                # and a worker process, each importing vLLM and torch again and busy-polling a core (the tiny
+                # test model's LLM() took 40 s that way on 2 cores, 6 s in-process); this worker is already
+                # a process of its own, killed and restarted as one.
+                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+                kwargs.update(distributed_executor_backend="uni")
+            else:
                 # Local worker processes (vLLM would pick its Ray executor inside a placement group).
                 kwargs.update(distributed_executor_backend="mp")
                 if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
