@@ -611,3 +611,16 @@ def test_a_worker_takes_the_gpu_ray_assigned_not_gpu_0(assigned, visible, index)
     from r1ray.workers.base import gpu_index
 
     assert gpu_index(assigned, visible) == index
+
+
+def test_a_rollout_worker_gets_its_engines_client_threads_only_where_the_engine_has_processes_of_its_own():
+    from r1ray.workers.engines.base import RolloutSpec
+    from r1ray.workers.role_groups import client_threads
+
+    one = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # vLLM on a CPU pool with TP 1 computes in the worker's process: the placement's share stays.
+    assert client_threads(RolloutSpec(engine="vllm", model_path="m", device="cpu")) == {}
+    # Its own processes compute (TP workers on CPU, any GPU engine): the worker only drives them.
+    assert client_threads(RolloutSpec(engine="vllm", model_path="m", device="cpu", tensor_parallel_size=2)) == one
+    assert client_threads(RolloutSpec(engine="vllm", model_path="m", device="gpu")) == one
+    assert client_threads(RolloutSpec(engine="hf", model_path="m", device="cpu")) == {}
