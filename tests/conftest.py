@@ -1,7 +1,8 @@
 """Fixtures shared by the Ray tests: one local Ray cluster, one tiny model, a small config.
 
 Starting Ray and its worker processes dominates the cost of these tests on a 2-core machine, so the
-cluster and the tiny model are built once per session and reused by every test that asks for them.
+cluster and the tiny model are built once per session (per test process under `pytest -n 2`) and reused by
+every test that asks for them.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ def bash_lines() -> list[str]:
 def test_ci_ends_in_the_readme_test_command():
     ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line.strip()]
     assert "set -euo pipefail" in ci
-    test_commands = [line for line in bash_lines() if line.endswith("python -m pytest -q tests")]
+    test_commands = [line for line in bash_lines() if line.endswith("python -m pytest -q -n 2 tests")]
     assert test_commands == [ci[-1]]
 
 
