@@ -65,13 +65,20 @@ logging: {console: false, jsonl: true, tensorboard: false, wandb: false}
 
 
 @pytest.fixture(scope="session")
-def small_config(tiny_model, tmp_path_factory):
+def small_config_file(tmp_path_factory) -> Path:
+    """TEST_CONFIG as a file, for runs through the CLI (`model.path` still to be given)."""
+    path = tmp_path_factory.mktemp("config") / "small.yaml"
+    path.write_text(TEST_CONFIG)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_config(tiny_model, small_config_file):
     """`small_config(out_dir, *overrides)`: a small GRPO run of the tiny model (2 FSDP actor ranks, one
     rollout engine, one reward worker, no reference model) writing into `out_dir`."""
     from r1ray.config_load import load_config
 
-    path = tmp_path_factory.mktemp("config") / "small.yaml"
-    path.write_text(TEST_CONFIG)
+    path = small_config_file
 
     def make(out_dir: Path, *overrides: str):
         return load_config(path, [f"model.path={tiny_model}", f"trainer.output_dir={out_dir}", *overrides])

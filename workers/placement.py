@@ -65,6 +65,7 @@ class WorkerSlot:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     threads: int = 1               # torch/OpenMP threads of the worker (`Placement.threads_for`)
+    ray_node: str = ""             # the Ray node id its bundle was placed on ("" where not known)
 
     def options(self) -> dict[str, Any]:
         """Ray actor options that pin the worker to its bundle."""
@@ -143,7 +144,7 @@ class Placement:
             fitting = sum(all(n.get(k, 0.0) + 1e-9 >= v for k, v in per_node.items()) for n in nodes)
             if fitting < pool.nodes:
                 problems.append(f"pool '{name}' needs {pool.nodes} node(s) with {per_node} each, "
-                                f"only {fitting} node(s) have that much")
+                                f"only {fitting} node(s) have that much (the cluster's nodes: {describe_nodes(nodes)})")
         return problems
 
     def create(self, timeout_s: float) -> dict[str, list[WorkerSlot]]:
@@ -176,13 +177,31 @@ class Placement:
                         role=role, rank=len(slots[role]), pool=name, node_index=node_index,
                         bundle_index=bundle_index, placement_group=group,
                         num_cpus=pool.cpus_per_bundle * share,
-                        num_gpus=share if pool.device == "gpu" else 0.0, threads=threads))
+                        num_gpus=share if pool.device == "gpu" else 0.0, threads=threads,
+                        ray_node=bundle_nodes(group).get(bundle_index, "")))
+
+
+def describe_nodes(nodes: list[Mapping[str, float]]) -> str:
+    """'3 x {CPU: 1}, 1 x {CPU: 4, GPU: 1}': the alive nodes' CPUs and GPUs, grouped."""
+    counts: dict[str, int] = {}
+    for node in nodes:
+        shown = ", ".join(f"{k}: {node[k]:g}" for k in ("CPU", "GPU") if node.get(k))
+        counts["{" + shown + "}"] = counts.get("{" + shown + "}", 0) + 1
+    return ", ".join(f"{n} x {res}" for res, n in counts.items()) or "none"
+
+
+def bundle_nodes(group: PlacementGroup) -> dict[int, str]:
+    """Bundle index -> the Ray node id it was placed on, for a ready placement group."""
+    table = ray.util.placement_group_table(group)
+    return {int(i): str(node) for i, node in table.get("bundles_to_node_id", {}).items()}
 
 
 def log_rank_table(slots: Mapping[str, list[WorkerSlot]]) -> None:
-    lines = ["role     rank  pool        node  bundle  cpus   gpus  threads"]
+    """`node` is the pool's placement-group index; `ray node` the first 12 hex digits of the Ray node id
+    its bundle landed on, so a multi-node placement shows which ranks share a machine."""
+    lines = ["role     rank  pool        node  bundle  cpus   gpus  threads  ray node"]
     for role, role_slots in slots.items():
         for s in role_slots:
             lines.append(f"{role:<8} {s.rank:>4}  {s.pool:<10} {s.node_index:>5} {s.bundle_index:>7}  "
-                         f"{s.num_cpus:<5.2f}  {s.num_gpus:.2f}  {s.threads:>7}")
+                         f"{s.num_cpus:<5.2f}  {s.num_gpus:.2f}  {s.threads:>7}  {s.ray_node[:12]}")
     logger.info("worker placement:\n%s", "\n".join(lines))
