@@ -134,7 +134,8 @@ class Placement:
         if nodes is not None:
             problems += self._node_problems(nodes)
         if problems:
-            raise PlacementError("placement does not fit the cluster: " + "; ".join(problems))
+            where = f"; the cluster's nodes: {describe_nodes(nodes)}" if nodes is not None else ""
+            raise PlacementError("placement does not fit the cluster: " + "; ".join(problems) + where)
 
     def _node_problems(self, nodes: list[Mapping[str, float]]) -> list[str]:
         problems = []
@@ -143,8 +144,8 @@ class Placement:
             per_node = {k: v * pool.devices_per_node for k, v in pool.bundle().items()}
             fitting = sum(all(n.get(k, 0.0) + 1e-9 >= v for k, v in per_node.items()) for n in nodes)
             if fitting < pool.nodes:
-                problems.append(f"pool '{name}' needs {pool.nodes} node(s) with {per_node} each, "
-                                f"only {fitting} node(s) have that much (the cluster's nodes: {describe_nodes(nodes)})")
+                problems.append(f"pool '{name}' needs {pool.nodes} node(s) with {show(per_node)} each, "
+                                f"only {fitting} node(s) have that much")
         return problems
 
     def create(self, timeout_s: float) -> dict[str, list[WorkerSlot]]:
@@ -159,9 +160,11 @@ class Placement:
                                       name=f"r1ray-{name}-{i}") for i in range(pool.nodes)]
             ready, _ = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=timeout_s)
             if len(ready) < len(groups):
+                alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
                 raise PlacementError(f"pool '{name}': only {len(ready)} of {len(groups)} placement groups became "
-                                     f"ready within {timeout_s:g}s; the cluster lacks {pool.bundle()} x "
-                                     f"{pool.devices_per_node} on {pool.nodes} node(s)")
+                                     f"ready within {timeout_s:g}s; it needs {show(pool.bundle())} x "
+                                     f"{pool.devices_per_node} on each of {pool.nodes} node(s), beside the other "
+                                     f"pools, and the cluster's nodes are now: {describe_nodes(alive)}")
             self._fill_slots(name, pool, groups, slots, self.threads_for(pool, single_node_cpus))
         log_rank_table(slots)
         return slots
@@ -181,12 +184,16 @@ class Placement:
                         ray_node=bundle_nodes(group).get(bundle_index, "")))
 
 
+def show(resources: Mapping[str, float]) -> str:
+    """'{CPU: 4, GPU: 1}': the CPUs and GPUs of a node or a request."""
+    return "{" + ", ".join(f"{k}: {resources[k]:g}" for k in ("CPU", "GPU") if resources.get(k)) + "}"
+
+
 def describe_nodes(nodes: list[Mapping[str, float]]) -> str:
     """'3 x {CPU: 1}, 1 x {CPU: 4, GPU: 1}': the alive nodes' CPUs and GPUs, grouped."""
     counts: dict[str, int] = {}
     for node in nodes:
-        shown = ", ".join(f"{k}: {node[k]:g}" for k in ("CPU", "GPU") if node.get(k))
-        counts["{" + shown + "}"] = counts.get("{" + shown + "}", 0) + 1
+        counts[show(node)] = counts.get(show(node), 0) + 1
     return ", ".join(f"{n} x {res}" for res, n in counts.items()) or "none"
 
 

@@ -126,7 +126,9 @@ def test_validate_names_short_resource_without_a_cluster():
         placement.validate({"CPU": 64.0, "GPU": 4.0})
     assert "CPU" not in str(err.value)
     # Enough GPUs in total, but not 4 of them on each of two nodes.
-    with pytest.raises(PlacementError, match=r"pool 'train' needs 2 node\(s\)"):
+    with pytest.raises(PlacementError, match=r"pool 'train' needs 2 node\(s\) with \{CPU: 8, GPU: 4\} each, "
+                                             r"only 1 node\(s\) have that much; the cluster's nodes: "
+                                             r"1 x \{CPU: 32, GPU: 6\}, 1 x \{CPU: 32, GPU: 2\}$"):
         placement.validate({"CPU": 64.0, "GPU": 8.0}, nodes=[{"CPU": 32.0, "GPU": 6.0}, {"CPU": 32.0, "GPU": 2.0}])
     placement.validate({"CPU": 64.0, "GPU": 8.0}, nodes=[{"CPU": 32.0, "GPU": 4.0}, {"CPU": 32.0, "GPU": 4.0}])
 

@@ -23,6 +23,8 @@ import re
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,7 @@ RUN = ["trainer.total_steps=3", "trainer.save_every=1", "placement.threads_per_w
        # A random model earns no task reward; the length reward differs between samples, so the weights move.
        "reward.functions=[auto,format,still3_length]", "reward.weights=[1.0,0.1,0.1]"]
 OVER_TWO_NODES = ["placement.pools.train.nodes=2", "placement.pools.train.devices_per_node=1"]
+RESUMED = re.compile(r"^(\S+ \S+) INFO r1ray.controller.trainer: resumed from", re.M)
 RANK_ROW = re.compile(r"^(actor|rollout|reward)\s+(\d+)\s+\S+\s+\d+\s+\d+\s+\S+\s+\S+\s+\d+\s+([0-9a-f]{12})$", re.M)
 
 
@@ -80,26 +83,40 @@ def metrics(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(("timing_s/", "perf/"))} for r in rows]
 
 
-def test_an_actor_over_two_nodes_trains_bit_for_bit_as_on_one_node(cluster, config, tmp_path):
+@dataclass
+class TwoRuns:
+    multi: Path                        # output of the run over the three nodes
+    multi_log: str                     # its stderr
+    one: Path                          # output of the same run on one node (an embedded cluster)
+    one_log: str
+
+
+@pytest.fixture(scope="module")
+def two_runs(cluster, config, tmp_path_factory) -> TwoRuns:
+    """The run over the nodes (also the uninterrupted reference of the lost-node test) and on one node."""
     path, model = config
-    multi = r1ray_train(path, *model, *RUN, *OVER_TWO_NODES, f"trainer.output_dir={tmp_path / 'multi'}",
+    tmp = tmp_path_factory.mktemp("two_runs")
+    multi = r1ray_train(path, *model, *RUN, *OVER_TWO_NODES, f"trainer.output_dir={tmp / 'multi'}",
                         address=cluster.address)
     assert multi.returncode == 0, multi.stderr[-3000:]
+    one = r1ray_train(path, *model, *RUN, f"trainer.output_dir={tmp / 'one'}", address=None)
+    assert one.returncode == 0, one.stderr[-3000:]
+    return TwoRuns(tmp / "multi", multi.stderr, tmp / "one", one.stderr)
+
+
+def test_an_actor_over_two_nodes_trains_bit_for_bit_as_on_one_node(two_runs):
     # The rank table: the two actor ranks and the rollout engine each on a node of their own.
-    nodes = {(role, int(rank)): node for role, rank, node in RANK_ROW.findall(multi.stderr)}
-    assert set(nodes) == {("actor", 0), ("actor", 1), ("rollout", 0), ("reward", 0)}, multi.stderr[-3000:]
+    nodes = {(role, int(rank)): node for role, rank, node in RANK_ROW.findall(two_runs.multi_log)}
+    assert set(nodes) == {("actor", 0), ("actor", 1), ("rollout", 0), ("reward", 0)}, two_runs.multi_log[-3000:]
     assert len({nodes["actor", 0], nodes["actor", 1], nodes["rollout", 0]}) == 3
     assert nodes["reward", 0] == nodes["rollout", 0]
-
-    one = r1ray_train(path, *model, *RUN, f"trainer.output_dir={tmp_path / 'one'}", address=None)
-    assert one.returncode == 0, one.stderr[-3000:]
-    assert len(set(RANK_ROW.findall(one.stderr)[i][2] for i in range(4))) == 1     # all on the one node
+    assert len({node for _, _, node in RANK_ROW.findall(two_runs.one_log)}) == 1     # all on the one node
 
     # Every step's metrics (losses, gradient norms, rewards, the sampler's logprob gap) are equal, and so are
     # the actor's checkpointed shards (weights and optimizer state), byte for byte.
-    assert metrics(tmp_path / "multi") == metrics(tmp_path / "one")
-    assert [r["step"] for r in metrics(tmp_path / "one")] == [1, 2, 3]
-    assert_same_shards(tmp_path / "one", tmp_path / "multi")
+    assert metrics(two_runs.multi) == metrics(two_runs.one)
+    assert [r["step"] for r in metrics(two_runs.one)] == [1, 2, 3]
+    assert_same_shards(two_runs.one, two_runs.multi)
 
 
 def assert_same_shards(a: Path, b: Path, step: int = 3) -> None:
@@ -110,21 +127,17 @@ def assert_same_shards(a: Path, b: Path, step: int = 3) -> None:
         assert shard.read_bytes() == other.read_bytes(), shard.name
 
 
-def test_a_lost_actor_node_is_survived_from_the_newest_checkpoint(cluster, config, tmp_path):
-    """The node holding an actor rank (one that is not the head's) is removed (as a crash: no graceful shutdown) once step 1's checkpoint
-    is complete, and a replacement node joins: the run restarts from the newest complete checkpoint
-    (`trainer.max_restarts`), logs every step once, and ends with the uninterrupted run's weights."""
+def start_and_lose_an_actor_node(cluster, config, out: Path, *extra: str, replace: bool):
+    """`r1ray train` over the cluster; once step 1's checkpoint is complete, the node of an actor rank (one
+    that is not the head) is removed as a crash would take it, and a replacement joins if `replace`.
+    Returns (the finished process, its stderr, seconds from the removal to the end of the run, seconds from
+    the removal to the log line of the resume, None without one)."""
     path, model = config
-    straight = r1ray_train(path, *model, *RUN, *OVER_TWO_NODES, f"trainer.output_dir={tmp_path / 'straight'}",
-                           address=cluster.address)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
-    out = tmp_path / "lost"
-    log = tmp_path / "lost.stderr"
+    log = out.parent / f"{out.name}.stderr"
     exe = shutil.which("r1ray")
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **LOOPBACK_ENV}
     with open(log, "w") as stderr:
-        run = subprocess.Popen([exe, "train", "--config", str(path), *model, *RUN, *OVER_TWO_NODES,
+        run = subprocess.Popen([exe, "train", "--config", str(path), *model, *RUN, *OVER_TWO_NODES, *extra,
                                 f"trainer.output_dir={out}", f"ray.address={cluster.address}"], env=env,
                                stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     try:
@@ -136,20 +149,34 @@ def test_a_lost_actor_node_is_survived_from_the_newest_checkpoint(cluster, confi
         lost = [n for r in (0, 1) for n in cluster.list_all_nodes()
                 if n.node_id.startswith(ranks["actor", r]) and not n.head][0]
         cluster.remove_node(lost, allow_graceful=False)
-        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        removed, removed_at = time.monotonic(), datetime.now()
+        if replace:
+            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         run.wait(timeout=300)
+        ended, text = time.monotonic() - removed, log.read_text()
+        resumed = RESUMED.search(text)
+        again = (datetime.strptime(resumed[1], "%Y-%m-%d %H:%M:%S,%f") - removed_at).total_seconds() if resumed else None
+        return run, text, ended, again
     finally:
         if run.poll() is None:
             run.kill()
-    stderr = log.read_text()
+
+
+def test_a_lost_actor_node_is_survived_from_the_newest_checkpoint(cluster, config, two_runs, tmp_path):
+    """The node of an actor rank is removed as a crash would take it, once step 1's checkpoint is complete,
+    and a replacement node joins: the run restarts from the newest complete checkpoint
+    (`trainer.max_restarts`), logs every step once, and ends with the uninterrupted run's weights."""
+    out = tmp_path / "lost"
+    run, stderr, seconds, again = start_and_lose_an_actor_node(cluster, config, out, replace=True)
+    print(f"lost actor node: training again {again} s after the removal, the run ended after {seconds:.1f} s")
     assert run.returncode == 0, stderr[-3000:]
     # One restart. The failure reported first may be the lost rank's or a peer's: the other actor rank's
     # collective, or the rollout's weight-sync receive, fails as the rank goes, whichever ran into it first.
     assert stderr.count("restart 1 of 1 from") == 1 and "restart 2 of" not in stderr, stderr[-3000:]
     lost_rows = metrics(out)
     assert [r["step"] for r in lost_rows] == [1, 2, 3]                # every step once
-    assert lost_rows == metrics(tmp_path / "straight")
-    assert_same_shards(out, tmp_path / "straight")
+    assert lost_rows == metrics(two_runs.multi)                        # the uninterrupted run's
+    assert_same_shards(out, two_runs.multi)
 
 
 def test_a_placement_the_nodes_cannot_hold_is_refused_before_any_worker_starts(cluster, config, tmp_path):
@@ -159,7 +186,27 @@ def test_a_placement_the_nodes_cannot_hold_is_refused_before_any_worker_starts(c
     done = r1ray_train(path, *model, *RUN, f"trainer.output_dir={out}", address=cluster.address)
     assert done.returncode == 2, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: placement does not fit the cluster: pool 'train' needs 1 node(s) with {'CPU': 2.0} "
-                      "each, only 0 node(s) have that much (the cluster's nodes: 3 x {CPU: 1})"], done.stderr[-3000:]
+    assert errors == ["error: placement does not fit the cluster: pool 'train' needs 1 node(s) with {CPU: 2} "
+                      "each, only 0 node(s) have that much; the cluster's nodes: 3 x {CPU: 1}"], done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "worker placement" not in done.stderr
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
+
+
+def test_with_no_node_to_replace_a_lost_one_the_run_fails_within_the_startup_deadline(cluster, config, tmp_path):
+    """The same loss with no replacement: the restart cannot place the groups again, and the run ends within
+    `trainer.startup_timeout_s` with one line saying what the cluster lacks, instead of waiting for ever."""
+    try:
+        run, stderr, seconds, _ = start_and_lose_an_actor_node(cluster, config, tmp_path / "out",
+                                                            "trainer.startup_timeout_s=30", replace=False)
+    finally:
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")          # the module's three nodes again
+    print(f"no capacity: the run ended {seconds:.1f} s after the removal")
+    assert run.returncode != 0 and "restart 1 of 1 from" in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr[-3000:]
+    print(errors[0])
+    # Refused at once if the cluster already counts the node dead ("CPU: placement needs 3, cluster has 2"),
+    # else when the placement-group wait ends (naming the pool); either way naming the nodes there are.
+    assert ("placement does not fit the cluster" in errors[0] or "placement groups became ready within 30s"
+            in errors[0]) and "the cluster's nodes" in errors[0], errors[0]
+    assert seconds < 30 + 60, seconds
