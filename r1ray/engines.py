@@ -47,6 +47,11 @@ class RolloutEngineEntry:
     # engine starts, so the config check refuses it first.
     cpu_head_sizes: tuple[int, ...] = ()
 
+    def in_worker_process(self, device: str, tensor_parallel_size: int) -> bool:
+        """Whether the engine computes in its rollout worker's own process (so the worker's threads are
+        its compute threads, and `client_threads` does not apply)."""
+        return self.cpu_in_process and device == "cpu" and tensor_parallel_size == 1
+
 
 Entry = TypeVar("Entry", TrainEngineEntry, RolloutEngineEntry)
 

@@ -173,6 +173,7 @@ class Placement:
                     slots: dict[str, list[WorkerSlot]], threads: int) -> None:
         roles = self.sharing(name)
         share = 1.0 / len(roles)
+        placed = [bundle_nodes(group) for group in groups]        # one GCS query per placement group
         for role in roles:
             for node_index, group in enumerate(groups):
                 for bundle_index in range(pool.devices_per_node):
@@ -181,7 +182,7 @@ class Placement:
                         bundle_index=bundle_index, placement_group=group,
                         num_cpus=pool.cpus_per_bundle * share,
                         num_gpus=share if pool.device == "gpu" else 0.0, threads=threads,
-                        ray_node=bundle_nodes(group).get(bundle_index, "")))
+                        ray_node=placed[node_index].get(bundle_index, "")))
 
 
 def show(resources: Mapping[str, float]) -> str:
@@ -192,8 +193,8 @@ def show(resources: Mapping[str, float]) -> str:
 def describe_nodes(nodes: list[Mapping[str, float]]) -> str:
     """'3 x {CPU: 1}, 1 x {CPU: 4, GPU: 1}': the alive nodes' CPUs and GPUs, grouped."""
     counts: dict[str, int] = {}
-    for node in nodes:
-        counts[show(node)] = counts.get(show(node), 0) + 1
+    for shown in map(show, nodes):
+        counts[shown] = counts.get(shown, 0) + 1
     return ", ".join(f"{n} x {res}" for res, n in counts.items()) or "none"
 
 

@@ -81,7 +81,7 @@ def client_threads(spec: RolloutSpec) -> dict[str, str]:
     its compute threads.
     """
     entry = ROLLOUT_ENGINES.get(spec.engine)
-    if entry.cpu_in_process and spec.device == "cpu" and spec.tensor_parallel_size == 1:
+    if entry.in_worker_process(spec.device, spec.tensor_parallel_size):
         return {}
     threads = entry.client_threads
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
