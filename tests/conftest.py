@@ -11,6 +11,25 @@ from pathlib import Path
 
 import pytest
 
+# Modules that run for a minute or more (seconds of one test process on 2 cores, `--durations`), heaviest
+# first. Under `pytest -n 2 --dist loadscope` a module runs whole in one process and the next free process
+# takes the next module in collection order; xdist's default order (most tests first) would put these
+# few-test modules last, so that one of them ran alone at the end while the other process sat idle.
+# Heaviest first (longest-processing-time order) leaves only the short modules for the end.
+HEAVY_MODULES = {
+    "tests/ray/test_smollm2.py": 360, "tests/e2e/test_cli_train.py": 280, "tests/e2e/test_pipeline_commands.py": 255,
+    "tests/ray/test_multinode.py": 240, "tests/ray/test_trainer_rewards.py": 175, "tests/ray/test_async_grpo.py": 125,
+    "tests/ray/test_checkpoint_resume.py": 105, "tests/ray/test_vllm_trainer.py": 100,
+    "tests/deploy/test_ray_job.py": 95, "tests/ray/test_vllm_tensor_parallel.py": 90,
+    "tests/ray/test_train_engines.py": 90, "tests/ray/test_vllm_rollout.py": 85,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Heavy modules first, in HEAVY_MODULES order; the rest keep their order (a stable sort)."""
+    items.sort(key=lambda item: -HEAVY_MODULES.get(item.nodeid.split("::")[0], 0))
+
+
 # The tiny model every Ray test trains: big enough for FSDP to shard two decoder layers, small enough to
 # start and step in well under a second.
 TINY = {"hidden": 32, "layers": 2, "heads": 4, "kv_heads": 2, "max_position_embeddings": 256}
