@@ -1,5 +1,6 @@
-"""Asynchronous GRPO against the synchronous loop: step time at trainer.max_staleness K = 0 and K = 1
-(fixed lag), on the speed benchmark's shape and on a long-tailed length distribution, in one invocation.
+"""Asynchronous GRPO against the synchronous loop: step time at trainer.max_staleness K = 0, K = 1 (fixed
+lag) and K = 2 (free running, segments of 32 tokens), on the speed benchmark's shape and on a long-tailed
+length distribution, in one invocation.
 
     python bench/async_grpo.py                     # both shapes, 1 warm-up + 4 measured steps per run
     python bench/async_grpo.py --steps 2 --shapes speed --json out.json
@@ -11,7 +12,8 @@ one-thread bundle, the rollout engine (HF generate) and the reward worker on ano
 The ideal of overlapping generation with the rest of the step is read off the K = 0 run: with gen =
 timing_s/generate + timing_s/sync_weights and rest = timing_s/step - gen, a step can take no less than
 max(gen, rest), so the limit of the K = 1 step time is max(gen, rest) / (gen + rest) of the K = 0 one.
-The table prints each run's mean step time, the K = 1 / K = 0 ratio and that limit.
+The table prints each run's mean step time, the K = 1 / K = 0 and free-running / K = 0 ratios and that
+limit.
 
 Shapes (a random tiny Qwen2 of the speed benchmark, 2-digit addition, temperature 1):
   speed      --n 16 samples x 8 prompts, up to 96 new tokens (bench/grpo_step.py's quick shape)
@@ -47,7 +49,12 @@ PLACEMENT = {
 }
 
 
-def config(work: Path, model: Path, data: Path, wl: Workload, staleness: int) -> dict[str, Any]:
+# The runs of one shape: (name, trainer.max_staleness, trainer.async_mode).
+RUNS = (("k0", 0, "fixed_lag"), ("k1", 1, "fixed_lag"), ("free2", 2, "free_running"))
+SEGMENT_TOKENS = 32
+
+
+def config(work: Path, model: Path, data: Path, wl: Workload, staleness: int, mode: str = "fixed_lag") -> dict[str, Any]:
     cfg = r1ray_config(work, model, data, wl)
     cfg["algorithm"] = {"kl_placement": "none", **({"rollout_correction": "tis_token"} if staleness else {})}
     cfg["placement"] = PLACEMENT
@@ -55,15 +62,19 @@ def config(work: Path, model: Path, data: Path, wl: Workload, staleness: int) ->
     # has advantages and really updates (a step with no reward spread skips its update).
     cfg["reward"] = {"functions": ["auto", "still3_length"], "weights": [1.0, 0.1], "processes": 1}
     cfg["trainer"]["max_staleness"] = staleness
+    cfg["trainer"]["async_mode"] = mode
+    cfg["trainer"]["segment_tokens"] = SEGMENT_TOKENS
     return cfg
 
 
-def measure(work: Path, model: Path, data: Path, wl: Workload, staleness: int, timeout_s: float) -> dict[str, Any]:
+def measure(work: Path, model: Path, data: Path, wl: Workload, run: tuple[str, int, str],
+            timeout_s: float) -> dict[str, Any]:
     import yaml
 
-    run_dir = work / f"k{staleness}"
+    name, staleness, mode = run
+    run_dir = work / name
     run_dir.mkdir()
-    cfg = config(run_dir, model, data, wl, staleness)
+    cfg = config(run_dir, model, data, wl, staleness, mode)
     path = run_dir / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     wall, _ = run_measured(["r1ray", "train", "--config", str(path)], _env(wl), run_dir / "log.txt", timeout_s)
@@ -80,14 +91,17 @@ def summarise(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     gen = mean("timing_s/generate") + mean("timing_s/sync_weights")
     return {"step_s": step, "gen_s": gen, "rest_s": step - gen, "response_length": mean("response_length/mean"),
             "update_s": mean("timing_s/update_actor"), "grad_norm": mean("actor/grad_norm"),
-            "staleness_mean": mean("async/staleness_mean"), "process_wall_s": wall, "steps": len(records)}
+            "staleness_mean": mean("async/staleness_mean"), "partial_rows": mean("async/partial_rows"),
+            "process_wall_s": wall, "steps": len(records)}
 
 
-def compare(sync: dict[str, Any], fixed_lag: dict[str, Any]) -> dict[str, float]:
-    """K=1 / K=0 step time, and its floor from the K=0 run's split: max(gen, rest) / (gen + rest)."""
+def compare(sync: dict[str, Any], fixed_lag: dict[str, Any], free: dict[str, Any]) -> dict[str, float]:
+    """K=1 / K=0 and free-running / K=0 step time, and the floor from the K=0 run's split:
+    max(gen, rest) / (gen + rest)."""
     limit = max(sync["gen_s"], sync["rest_s"]) / sync["step_s"]
     ratio = fixed_lag["step_s"] / sync["step_s"]
-    return {"k1_over_k0": ratio, "limit": limit, "k1_over_limit": ratio / limit, "speedup": 1 / ratio}
+    return {"k1_over_k0": ratio, "limit": limit, "k1_over_limit": ratio / limit, "speedup": 1 / ratio,
+            "free_over_k0": free["step_s"] / sync["step_s"]}
 
 
 def main() -> None:
@@ -104,14 +118,15 @@ def main() -> None:
             work = Path(tmp) / name
             work.mkdir()
             model, data = prepare(work, wl)
-            runs = {k: measure(work, model, data, wl, k, args.timeout) for k in (0, 1)}
+            runs = {run[0]: measure(work, model, data, wl, run, args.timeout) for run in RUNS}
             results[name] = {"workload": {"n": wl.n, "prompts": wl.prompts, "max_new_tokens": wl.max_new_tokens},
-                             "k0": runs[0], "k1": runs[1], **compare(runs[0], runs[1])}
+                             **runs, **compare(runs["k0"], runs["k1"], runs["free2"])}
     print(f"{'shape':<10} {'K=0 step':>9} {'gen':>6} {'rest':>6} {'K=1 step':>9} {'K1/K0':>6} {'limit':>6} "
-          f"{'K1/limit':>8} {'resp len':>8}")
+          f"{'K1/limit':>8} {'free K=2':>9} {'free/K0':>7} {'partial':>7} {'resp len':>8}")
     for name, r in results.items():
         print(f"{name:<10} {r['k0']['step_s']:>8.2f}s {r['k0']['gen_s']:>5.2f}s {r['k0']['rest_s']:>5.2f}s "
               f"{r['k1']['step_s']:>8.2f}s {r['k1_over_k0']:>6.3f} {r['limit']:>6.3f} {r['k1_over_limit']:>8.3f} "
+              f"{r['free2']['step_s']:>8.2f}s {r['free_over_k0']:>7.3f} {r['free2']['partial_rows']:>7.2f} "
               f"{r['k0']['response_length']:>8.1f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

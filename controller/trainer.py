@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,6 +45,8 @@ from r1ray.controller.restarts import RESTARTABLE, describe_failure
 from r1ray.controller.run_guards import StopRequest, interrupted, watch_skipped
 from r1ray.controller.run_lock import RunLock
 from r1ray.controller.rollout_queue import FixedLagQueue
+from r1ray.controller.free_running import FreeRunningRollouts
+from r1ray.controller.partial_rollouts import partial_fraction
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +81,10 @@ class Trainer:
         # Weight versions: the actor's is the number of training steps it has taken; the engines stamp
         # every token with the version they last received (docs/design.md §10).
         self.version = 0
-        # trainer.max_staleness >= 1: the generations dispatched ahead of training (None: synchronous).
+        # trainer.max_staleness >= 1: the generations dispatched ahead of training (fixed lag), or the
+        # engines generating on their own (free running); both None when synchronous.
         self.queue: FixedLagQueue | None = None
+        self.free: FreeRunningRollouts | None = None
         # Steps whose prompts the sampler gave out before a checkpoint but which did not train; a resumed
         # run generates them again from these prompts when their batch cannot be reused.
         self.carried: dict[int, PromptBatch] = {}
@@ -118,6 +123,7 @@ class Trainer:
         self.weights_stale, self.failed_steps, self.skipped_updates = True, 0, 0
         self.version, self.carried = 0, {}
         self.queue = self._rollout_queue()
+        self.free = self._free_running()
         restore_rng(rng)
         if state is None:
             return 0, self.run_id
@@ -131,7 +137,7 @@ class Trainer:
     def _rollout_queue(self) -> FixedLagQueue | None:
         """trainer.max_staleness >= 1: generations dispatched K steps ahead (fixed lag)."""
         t = self.cfg.trainer
-        if t.max_staleness == 0:
+        if t.max_staleness == 0 or t.async_mode != "fixed_lag":
             return None
         if self.cfg.algorithm.rollout_correction == "none":
             logger.warning("trainer.max_staleness=%d with algorithm.rollout_correction=none: tokens up to %d "
@@ -148,17 +154,43 @@ class Trainer:
         return FixedLagQueue(t.max_staleness, t.total_steps, prepare=prepare, sync=sync,
                              dispatch=self.roles.rollout.generate_async)
 
+    def _free_running(self) -> FreeRunningRollouts | None:
+        """trainer.max_staleness >= 1 with async_mode=free_running: engines that generate on their own."""
+        t, r = self.cfg.trainer, self.cfg.rollout
+        if t.max_staleness == 0 or t.async_mode != "free_running":
+            return None
+        from r1ray.models import load_tokenizer
+
+        tokenizer = load_tokenizer(self.cfg.model.path, trust_remote_code=self.cfg.model.trust_remote_code)
+        template = SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                  seed=t.seed * 1_000_003, ignore_eos=r.ignore_eos)
+        return FreeRunningRollouts(
+            self.roles.rollout, bound=t.max_staleness, per_step=self.cfg.data.prompts_per_step, n=r.n,
+            segment_tokens=t.segment_tokens, on_stale=t.stale_groups, draw=self._draw, template=template,
+            budget=lambda: response_budget(r, self.version + 1),
+            decode=lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True))
+
+    def _draw(self) -> PromptBatch:
+        """The sampler's next prompts (free running: the pump admits them one group at a time)."""
+        return prompt_batch(self.sampler.next_batch())
+
     def _carry_over(self, pending: dict[int, tuple[PromptBatch, RolloutBatch]], step: int) -> None:
         """A checkpoint's dispatched steps: a batch whose tokens stay within the staleness bound when it
         trains (step j trains at version self.version + j - step - 1 when every step updates) is trained as
         it is, so a fixed-lag run resumes bit for bit; the others are generated again from their prompts.
         Either way no prompt is repeated or skipped."""
         bound = self.cfg.trainer.max_staleness
+        if self.free is not None:
+            # Free running: what was given out and not trained is generated again, first, in order.
+            for j in sorted(pending):
+                self.free.requeue(pending[j][0])
+            return
 
-        def lag(j: int, batch: RolloutBatch) -> int:
-            return self.version + (j - step - 1) - int(batch.token_versions.min())
+        def lag(j: int, batch: RolloutBatch | None) -> int | None:
+            return None if batch is None else self.version + (j - step - 1) - int(batch.token_versions.min())
 
-        reuse = {j: entry for j, entry in pending.items() if self.queue is not None and lag(j, entry[1]) <= bound}
+        reuse = {j: entry for j, entry in pending.items()
+                 if self.queue is not None and lag(j, entry[1]) is not None and lag(j, entry[1]) <= bound}
         if self.queue is not None:
             self.queue.restore(reuse)
         self.carried = {j: prompts for j, (prompts, _) in pending.items() if j not in reuse}
@@ -249,6 +281,8 @@ class Trainer:
                 raise
             raise interrupted(step, self.checkpoints.latest()) from exc
         finally:
+            if self.free is not None:
+                self.free.stop()
             if trackers is not None:
                 trackers.close()
             if self.roles is not None:
@@ -276,6 +310,10 @@ class Trainer:
             if self.queue is not None:
                 with timer("generate"):          # waiting for the batch dispatched K steps ago
                     rollout = self.queue.take(step)
+            elif self.free is not None:
+                with timer("generate"):          # waiting for enough finished groups
+                    rollout, taken = self._take_free()
+                metrics.update(taken)
             else:
                 prompts = self._prompts(step) if round_index == 0 else prompt_batch(self.sampler.next_batch())
                 rollout = self.generate(prompts, self._sampling(step, budget, round_index), timer)
@@ -308,12 +346,26 @@ class Trainer:
             batch = build_train_batch(rollout, scores, cfg.algorithm, kl_coef=kl_coef)
         with timer("update_actor"):
             metrics.update(self.update(batch, kl_coef))
+        if self.free is not None:
+            self.free.trained(self.version)
+            with timer("sync_weights"):          # the engines pick the new weights up at their next segment
+                self.sync_weights()
         if uses_reference_model(cfg):                            # KL is in use at some step
             metrics["actor/kl_coef"] = kl_coef
         behaviour = behaviour_rates(rollout.response_texts, cfg.eval.behaviour_words)
         metrics.update({**rollout_metrics(rollout, budget), **behaviour, **timer.metrics()})
         metrics.update(throughput(rollout, metrics["timing_s/step"], self.placement.pools[self.placement.roles["actor"]].size))
         return metrics
+
+    def _take_free(self) -> tuple[RolloutBatch, dict[str, float]]:
+        """Free running: the engines get the actor's weights before they first generate, then run on."""
+        self.free.trained(self.version)          # the actor's version, resumed or not
+        if self.weights_stale:
+            self.sync_weights()
+        self.free.start()
+        rollout, metrics = self.free.take()
+        metrics["async/partial_rows"] = partial_fraction(rollout)
+        return rollout, metrics
 
     def _sampling(self, step: int, budget: int, round_index: int) -> SamplingParams:
         r = self.cfg.rollout
@@ -331,8 +383,13 @@ class Trainer:
                                 f"row (steps {step - limit + 1}-{step}); first error: {why}. Fix the reward "
                                 f"function (try it with `r1ray score`), or raise reward.max_failed_steps")
         accuracy = sum(correct_flags(self.cfg, scored)) / max(len(scored.results), 1)
-        self.sampler.observe(step, accuracy)
-        return {**scored.metrics(), "train/accuracy": accuracy, **self.sampler.metrics()}
+        with self._sampler_lock():
+            self.sampler.observe(step, accuracy)
+            return {**scored.metrics(), "train/accuracy": accuracy, **self.sampler.metrics()}
+
+    def _sampler_lock(self):
+        """Free running, the pump draws prompts from the sampler in its own thread: hold it off."""
+        return self.free.lock if self.free is not None else nullcontext()
 
     def with_logprobs(self, rollout: RolloutBatch) -> RolloutBatch:
         """The rollout with the reference's logprobs (KL on) and the actor's old logprobs (off-policy updates
@@ -397,8 +454,11 @@ class Trainer:
         roles = self.roles
         if self.colocated:
             roles.actor.onload()
-        send = roles.actor.send_weights_async(self.manifest)
-        receive = roles.rollout.receive_weights_async(self.manifest, self.version)
+        # Free running: no engine call is sent between the two halves, so each engine receives the weights
+        # right after the segment it is generating.
+        with self.free.syncing() if self.free is not None else nullcontext():
+            send = roles.actor.send_weights_async(self.manifest)
+            receive = roles.rollout.receive_weights_async(self.manifest, self.version)
         results = wait_for({"actor": send, "rollout": receive}, self.cfg.trainer.collective_timeout_s)
         sent, tables = results["actor"][0], results["rollout"]
         if self.colocated:
@@ -407,6 +467,8 @@ class Trainer:
         receivers = [f"rollout engine {e} worker {w}" for e, per_engine in enumerate(tables) for w in range(len(per_engine))]
         verify_fingerprints(names, sent, [t for per_engine in tables for t in per_engine], receivers)
         self.weights_stale = False
+        if self.free is not None:
+            self.free.engines_at(self.version)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out metrics with the trainer.eval_* sampling (greedy by default)."""
@@ -417,7 +479,14 @@ class Trainer:
         """The actor, the sampler and, asynchronous, the steps dispatched ahead (waited for: they came
         from weights older than the checkpoint's, so a resumed run could not generate them again)."""
         pending = self.queue.collected() if self.queue is not None else {}
-        state = TrainerState(step=step, sampler=self.sampler.state_dict(), run_id=self.run_id,
+        with self._sampler_lock():
+            sampler = self.sampler.state_dict()
+            if self.free is not None:
+                # Free running: the prompts given out and not trained (regenerated by a resumed run), taken
+                # with the sampler's state at the same instant.
+                unfinished = self.free.unfinished()
+                pending = {step + 1: (unfinished, None)} if unfinished is not None else {}
+        state = TrainerState(step=step, sampler=sampler, run_id=self.run_id,
                              pending_steps=sorted(pending), version=self.version)
         return self.checkpoints.save(
             state, write_actor=self.roles.actor.save, model_path=self.cfg.model.path,

@@ -460,6 +460,9 @@ def _async_rules(cfg: R1RayConfig) -> list[str]:
     if cfg.algorithm.dynamic_sampling:
         problems.append(f"algorithm.dynamic_sampling: not available with trainer.max_staleness={k} (its extra "
                         f"rounds would generate with newer weights than the fixed lag); set one of them off")
+    if cfg.trainer.async_mode == "free_running" and cfg.trainer.segment_tokens < 1:
+        problems.append(f"trainer.segment_tokens: {cfg.trainer.segment_tokens} must be >= 1 (tokens per response "
+                        f"and engine call in free-running mode)")
     return problems
 
 

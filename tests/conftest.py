@@ -19,7 +19,8 @@ import pytest
 HEAVY_MODULES = {
     "tests/ray/test_smollm2.py": 360, "tests/e2e/test_cli_train.py": 280, "tests/e2e/test_pipeline_commands.py": 255,
     "tests/ray/test_multinode.py": 240, "tests/ray/test_trainer_rewards.py": 175, "tests/ray/test_async_grpo.py": 125,
-    "tests/ray/test_checkpoint_resume.py": 105, "tests/ray/test_vllm_trainer.py": 100,
+    "tests/ray/test_free_running.py": 110, "tests/ray/test_checkpoint_resume.py": 105,
+    "tests/ray/test_vllm_trainer.py": 100,
     "tests/deploy/test_ray_job.py": 95, "tests/ray/test_vllm_tensor_parallel.py": 90,
     "tests/ray/test_train_engines.py": 90, "tests/ray/test_vllm_rollout.py": 85,
 }

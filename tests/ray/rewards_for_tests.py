@@ -14,6 +14,12 @@ def spread_on_even_answers(response: str, ground_truth: str, extra: dict) -> flo
     return (zlib.crc32(response.encode()) % 1000) / 1000
 
 
+def text_hash(response: str, ground_truth: str, extra: dict) -> float:
+    """A score in [0, 1) from the response's text: different samples score differently, so every group has
+    spread and every step updates, whatever the (random) model writes."""
+    return (zlib.crc32(response.encode()) % 1000) / 1000
+
+
 def always_raises(response: str, ground_truth: str, extra: dict) -> float:
     """A broken custom reward: every call raises."""
     raise KeyError("ground_truth_field")
