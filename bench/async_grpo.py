@@ -1,6 +1,6 @@
 """Asynchronous GRPO against the synchronous loop: step time at trainer.max_staleness K = 0, K = 1 (fixed
-lag) and K = 2 (free running, segments of 32 tokens), on the speed benchmark's shape and on a long-tailed
-length distribution, in one invocation.
+lag) and K = 2 (free running, segments of --segment-tokens tokens), on the speed benchmark's shape and on a
+long-tailed length distribution, in one invocation.
 
     python bench/async_grpo.py                     # both shapes, 1 warm-up + 4 measured steps per run
     python bench/async_grpo.py --steps 2 --shapes speed --json out.json
@@ -51,10 +51,10 @@ PLACEMENT = {
 
 # The runs of one shape: (name, trainer.max_staleness, trainer.async_mode).
 RUNS = (("k0", 0, "fixed_lag"), ("k1", 1, "fixed_lag"), ("free2", 2, "free_running"))
-SEGMENT_TOKENS = 32
 
 
-def config(work: Path, model: Path, data: Path, wl: Workload, staleness: int, mode: str = "fixed_lag") -> dict[str, Any]:
+def config(work: Path, model: Path, data: Path, wl: Workload, staleness: int, mode: str = "fixed_lag",
+           segment_tokens: int = 64) -> dict[str, Any]:
     cfg = r1ray_config(work, model, data, wl)
     cfg["algorithm"] = {"kl_placement": "none", **({"rollout_correction": "tis_token"} if staleness else {})}
     cfg["placement"] = PLACEMENT
@@ -63,18 +63,18 @@ def config(work: Path, model: Path, data: Path, wl: Workload, staleness: int, mo
     cfg["reward"] = {"functions": ["auto", "still3_length"], "weights": [1.0, 0.1], "processes": 1}
     cfg["trainer"]["max_staleness"] = staleness
     cfg["trainer"]["async_mode"] = mode
-    cfg["trainer"]["segment_tokens"] = SEGMENT_TOKENS
+    cfg["trainer"]["segment_tokens"] = segment_tokens
     return cfg
 
 
 def measure(work: Path, model: Path, data: Path, wl: Workload, run: tuple[str, int, str],
-            timeout_s: float) -> dict[str, Any]:
+            timeout_s: float, segment_tokens: int) -> dict[str, Any]:
     import yaml
 
     name, staleness, mode = run
     run_dir = work / name
     run_dir.mkdir()
-    cfg = config(run_dir, model, data, wl, staleness, mode)
+    cfg = config(run_dir, model, data, wl, staleness, mode, segment_tokens)
     path = run_dir / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     wall, _ = run_measured(["r1ray", "train", "--config", str(path)], _env(wl), run_dir / "log.txt", timeout_s)
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="measured steps per run (after 1 warm-up step)")
     parser.add_argument("--timeout", type=float, default=1200.0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--segment-tokens", type=int, default=64, help="trainer.segment_tokens of the free-running run")
     args = parser.parse_args()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="r1ray_async_bench_") as tmp:
@@ -118,7 +119,7 @@ def main() -> None:
             work = Path(tmp) / name
             work.mkdir()
             model, data = prepare(work, wl)
-            runs = {run[0]: measure(work, model, data, wl, run, args.timeout) for run in RUNS}
+            runs = {run[0]: measure(work, model, data, wl, run, args.timeout, args.segment_tokens) for run in RUNS}
             results[name] = {"workload": {"n": wl.n, "prompts": wl.prompts, "max_new_tokens": wl.max_new_tokens},
                              **runs, **compare(runs["k0"], runs["k1"], runs["free2"])}
     print(f"{'shape':<10} {'K=0 step':>9} {'gen':>6} {'rest':>6} {'K=1 step':>9} {'K1/K0':>6} {'limit':>6} "

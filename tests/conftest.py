@@ -17,8 +17,8 @@ import pytest
 # few-test modules last, so that one of them ran alone at the end while the other process sat idle.
 # Heaviest first (longest-processing-time order) leaves only the short modules for the end.
 HEAVY_MODULES = {
-    "tests/ray/test_smollm2.py": 360, "tests/e2e/test_cli_train.py": 280, "tests/e2e/test_pipeline_commands.py": 255,
-    "tests/ray/test_multinode.py": 240, "tests/ray/test_trainer_rewards.py": 175, "tests/ray/test_async_grpo.py": 125,
+    "tests/e2e/test_cli_train.py": 280, "tests/e2e/test_pipeline_commands.py": 255, "tests/ray/test_multinode.py": 240,
+    "tests/ray/test_smollm2.py": 200, "tests/ray/test_trainer_rewards.py": 175, "tests/ray/test_async_grpo.py": 125,
     "tests/ray/test_free_running.py": 110, "tests/ray/test_checkpoint_resume.py": 105,
     "tests/ray/test_vllm_trainer.py": 100,
     "tests/deploy/test_ray_job.py": 95, "tests/ray/test_vllm_tensor_parallel.py": 90,
