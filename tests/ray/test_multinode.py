@@ -32,7 +32,10 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-RUN = ["trainer.total_steps=3", "trainer.save_every=1", "placement.threads_per_worker=1", "trainer.max_restarts=1",
+# Five steps: after step 1's checkpoint a node is removed, and the run must still be going then (three tiny
+# steps could all finish between the test seeing that checkpoint and the removal).
+STEPS = 5
+RUN = [f"trainer.total_steps={STEPS}", "trainer.save_every=1", "placement.threads_per_worker=1", "trainer.max_restarts=1",
        # A random model earns no task reward; the length reward differs between samples, so the weights move.
        "reward.functions=[auto,format,still3_length]", "reward.weights=[1.0,0.1,0.1]"]
 OVER_TWO_NODES = ["placement.pools.train.nodes=2", "placement.pools.train.devices_per_node=1"]
@@ -115,11 +118,11 @@ def test_an_actor_over_two_nodes_trains_bit_for_bit_as_on_one_node(two_runs):
     # Every step's metrics (losses, gradient norms, rewards, the sampler's logprob gap) are equal, and so are
     # the actor's checkpointed shards (weights and optimizer state), byte for byte.
     assert metrics(two_runs.multi) == metrics(two_runs.one)
-    assert [r["step"] for r in metrics(two_runs.one)] == [1, 2, 3]
+    assert [r["step"] for r in metrics(two_runs.one)] == list(range(1, STEPS + 1))
     assert_same_shards(two_runs.one, two_runs.multi)
 
 
-def assert_same_shards(a: Path, b: Path, step: int = 3) -> None:
+def assert_same_shards(a: Path, b: Path, step: int = STEPS) -> None:
     shards = sorted((a / "checkpoints" / f"step_{step:06d}" / "actor" / "engine").glob("*.distcp"))
     assert len(shards) == 2
     for shard in shards:
@@ -174,7 +177,7 @@ def test_a_lost_actor_node_is_survived_from_the_newest_checkpoint(cluster, confi
     # collective, or the rollout's weight-sync receive, fails as the rank goes, whichever ran into it first.
     assert stderr.count("restart 1 of 1 from") == 1 and "restart 2 of" not in stderr, stderr[-3000:]
     lost_rows = metrics(out)
-    assert [r["step"] for r in lost_rows] == [1, 2, 3]                # every step once
+    assert [r["step"] for r in lost_rows] == list(range(1, STEPS + 1))   # every step once
     assert lost_rows == metrics(two_runs.multi)                        # the uninterrupted run's
     assert_same_shards(out, two_runs.multi)
 
@@ -197,7 +200,8 @@ def test_with_no_node_to_replace_a_lost_one_the_run_fails_within_the_startup_dea
     `trainer.startup_timeout_s` with one line saying what the cluster lacks, instead of waiting for ever."""
     try:
         run, stderr, seconds, _ = start_and_lose_an_actor_node(cluster, config, tmp_path / "out",
-                                                            "trainer.startup_timeout_s=30", replace=False)
+                                                            "trainer.startup_timeout_s=30", "trainer.total_steps=100",
+                                                            replace=False)
     finally:
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")          # the module's three nodes again
     print(f"no capacity: the run ended {seconds:.1f} s after the removal")

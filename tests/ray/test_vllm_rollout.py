@@ -227,3 +227,19 @@ def test_a_tensor_corrupted_in_transit_is_named(vllm_setup):
     # A clean sync repairs it.
     sent, tables = setup.sync()
     verify_fingerprints(names, sent, tables, ["engine 0", "engine 1"])
+
+
+def test_a_layer_that_receives_no_tensor_fails_the_sync_naming_it(vllm_setup):
+    """vLLM's layerwise reload keeps a layer's old weights with only a warning when nothing loads into it,
+    and the fingerprints of what arrived all agree: a manifest without one tensor must still fail."""
+    setup = vllm_setup
+    target = next(n for n, _, _ in setup.manifest if n.endswith("layers.0.mlp.down_proj.weight"))
+    short = [m for m in setup.manifest if m[0] != target]
+    sent = setup.actor.send_weights_async(short)
+    with pytest.raises(WeightSyncError, match=r"vLLM loaded no weights into 1 layer\(s\) in this update: "
+                                              r"model\.layers\.0\.mlp\.down_proj;"):
+        ray.get(setup.rollout.receive_weights_async(short))
+    ray.get(sent)
+    # The engine stays usable, and a whole sync repairs it.
+    sent, tables = setup.sync()
+    verify_fingerprints([n for n, _, _ in setup.manifest], sent, tables, ["engine 0", "engine 1"])

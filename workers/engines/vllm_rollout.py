@@ -135,6 +135,12 @@ class VLLMRolloutEngine:
         self.llm.update_weights({"update_info": update})
         self.llm.finish_weight_update()
         self.reset_cache()
+        unloaded = sorted({name for names in self.llm.collective_rpc("r1ray_unloaded_layers") for name in names})
+        if unloaded:
+            raise WeightSyncError(
+                f"vLLM loaded no weights into {len(unloaded)} layer(s) in this update: {', '.join(unloaded[:5])}"
+                f"{' ...' if len(unloaded) > 5 else ''}; the actor's weight manifest has no tensor for them (a "
+                f"model whose parameter names differ from the checkpoint's the engine was built from?)")
         tables = self.llm.collective_rpc("r1ray_sync_fingerprints")
         if any(t is None for t in tables):
             raise WeightSyncError("vLLM engine: a worker reported no fingerprints after the weight update")

@@ -64,6 +64,7 @@ class R1RayTransferEngine(WeightTransferEngine[R1RayInitInfo, R1RayUpdateInfo]):
         super().__init__(config, vllm_config, device, model)
         self.group: SyncGroup | None = None
         self.last_fingerprints: list[list[int]] | None = None
+        self.last_unloaded: list[str] = []           # layers that received no tensor in the last update
 
     def init_transfer_engine(self, init_info: R1RayInitInfo) -> None:
         p = self.parallel_config
@@ -95,8 +96,33 @@ class R1RayTransferEngine(WeightTransferEngine[R1RayInitInfo, R1RayUpdateInfo]):
     def finish_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
+        # vLLM's layerwise reload puts the old tensors of a layer that received nothing back with only a
+        # warning ("Failed to load weights"): the engine would sample with a mix of old and new weights while
+        # the fingerprints of what arrived all match. Recorded here, raised by the engine once vLLM has
+        # closed the update (raising inside it would leave vLLM's update open, refusing the next one).
+        self.last_unloaded = self._layers_that_loaded_nothing()
         finalize_layerwise_reload(self.model, self.model_config)
         self._refresh_tied_head()
+
+    def _layers_that_loaded_nothing(self) -> list[str]:
+        """Layers with parameters of their own that received none in this update (read before finalize
+        resets it). Left out: a tied output head (its weight is the embedding's and never arrives on its
+        own), attention layers (their processing is deferred, and their scales are optional) and layers with
+        buffers only (rotary caches, which no checkpoint holds)."""
+        from vllm.model_executor.layers.attention import is_deferred_attention_layer
+        from vllm.model_executor.model_loader.reload.layerwise import get_layerwise_info
+
+        tied = getattr(self.model_config.hf_config, "tie_word_embeddings", False)
+        head = getattr(self.model, "lm_head", None)
+        unloaded = []
+        for name, layer in self.model.named_modules():
+            if (tied and layer is head) or is_deferred_attention_layer(layer) or not any(
+                    True for _ in layer.parameters(recurse=False)):
+                continue
+            info = get_layerwise_info(layer)
+            if info.can_load() and info.load_numel_total and info.load_numel == 0:
+                unloaded.append(name)
+        return unloaded
 
     def _refresh_tied_head(self) -> None:
         """A tied output head receives no tensor of its own (its weight is the embedding's), so the
@@ -123,3 +149,7 @@ class R1RayWorkerExtension:
     def r1ray_sync_fingerprints(self) -> list[list[int]] | None:
         """The fingerprint table of the tensors this worker received in the last update."""
         return self.weight_transfer_engine.last_fingerprints
+
+    def r1ray_unloaded_layers(self) -> list[str]:
+        """The layers with parameters that received no tensor in the last update."""
+        return self.weight_transfer_engine.last_unloaded
