@@ -1,10 +1,10 @@
 """Asynchronous GRPO, fixed lag K = 1, with the real Trainer on the session cluster (HF rollout engine on
 its own pool, two FSDP2 actor ranks, the off-policy path with old logprobs and truncated-IS correction).
 
-One straight run is the reference. A second run from the same seed has its rollout worker killed at the
-start of step 3 and restarts from step 2's checkpoint; a third is the straight run stopped after step 2
-(its later checkpoints removed) and resumed. Both must equal the straight run bit for bit: fixed lag is a
-pure function of the seed, and a checkpoint carries the batch generated ahead of it.
+One straight run is the reference. A second is the straight run stopped after step 2 (its later
+checkpoints removed) and resumed, and its rollout worker is killed at the start of step 3, when step 4's
+generation is due, so that it restarts from step 2's checkpoint once more. It must equal the straight run bit for bit: fixed lag
+is a pure function of the seed, and a checkpoint carries the batch generated ahead of it.
 """
 
 from __future__ import annotations
@@ -74,19 +74,16 @@ def runs(ray_cluster, small_config, tmp_path_factory):
     straight = AsyncTrainer(small_config(straight_dir, *ASYNC))
     straight.fit()
 
-    killed_dir = tmp_path_factory.mktemp("killed")
-    killed = AsyncTrainer(small_config(killed_dir, *ASYNC, "trainer.max_restarts=1"), kill_at=3)
-    killed.fit()
-
     stopped_dir = tmp_path_factory.mktemp("stopped") / "run"
     shutil.copytree(straight_dir, stopped_dir)
     for name in ("step_000003", "step_000004"):
         shutil.rmtree(stopped_dir / "checkpoints" / name)
     lines = (stopped_dir / "metrics.jsonl").read_text().splitlines()
     (stopped_dir / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
-    resumed = AsyncTrainer(small_config(stopped_dir, *ASYNC, "trainer.resume=auto"))
+    resumed = AsyncTrainer(small_config(stopped_dir, *ASYNC, "trainer.resume=auto", "trainer.max_restarts=1"),
+                           kill_at=3)
     resumed.fit()
-    return {"straight": (straight, straight_dir), "killed": (killed, killed_dir), "resumed": (resumed, stopped_dir)}
+    return {"straight": (straight, straight_dir), "resumed": (resumed, stopped_dir)}
 
 
 def _assert_same_run(want_dir: Path, got_dir: Path, want: AsyncTrainer, got: AsyncTrainer) -> None:
@@ -118,21 +115,12 @@ def test_every_trained_token_is_exactly_one_version_old_after_the_first_step(run
     assert json.loads((out / "checkpoints" / "step_000004" / "trainer_state.json").read_text())["pending_steps"] == []
 
 
-def test_a_killed_rollout_worker_restarts_and_the_run_equals_the_straight_one(runs):
-    straight, straight_dir = runs["straight"]
-    killed, killed_dir = runs["killed"]
-    assert killed.killed
-    assert killed.started == [1, 2, 3, 3, 4]          # step 3 again, after the restart from step 2's checkpoint
-    # Step 3's prompts were drawn before the checkpoint; the restart trained the batch saved with it and
-    # drew no prompt twice.
-    assert killed.prompts_of == straight.prompts_of
-    _assert_same_run(straight_dir, killed_dir, straight, killed)
-
-
-def test_a_stopped_run_resumes_bit_for_bit(runs):
+def test_a_stopped_run_resumes_and_restarts_a_killed_rollout_worker_bit_for_bit(runs):
     straight, straight_dir = runs["straight"]
     resumed, out = runs["resumed"]
-    assert resumed.started == [3, 4]
-    # Step 3's batch came from the checkpoint (no prompts drawn for it); step 4's prompts are the straight run's.
+    assert resumed.killed
+    assert resumed.started == [3, 3, 4]          # step 3 again, after the restart from step 2's checkpoint
+    # Step 3's batch came from step 2's checkpoint both times (no prompts drawn for it); step 4's prompts
+    # were drawn once, after the restart (the dead engine failed the sync before any were): the straight run's.
     assert resumed.prompts_of == {4: straight.prompts_of[4]}
     _assert_same_run(straight_dir, out, straight, resumed)
