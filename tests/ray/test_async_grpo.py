@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import ray
 import torch
 
 from r1ray.controller.trainer import Trainer
+from tests.ray.run_copies import stopped_after
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -74,12 +74,7 @@ def runs(ray_cluster, small_config, tmp_path_factory):
     straight = AsyncTrainer(small_config(straight_dir, *ASYNC))
     straight.fit()
 
-    stopped_dir = tmp_path_factory.mktemp("stopped") / "run"
-    shutil.copytree(straight_dir, stopped_dir)
-    for name in ("step_000003", "step_000004"):
-        shutil.rmtree(stopped_dir / "checkpoints" / name)
-    lines = (stopped_dir / "metrics.jsonl").read_text().splitlines()
-    (stopped_dir / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    stopped_dir = stopped_after(straight_dir, tmp_path_factory.mktemp("stopped") / "run", 2)
     resumed = AsyncTrainer(small_config(stopped_dir, *ASYNC, "trainer.resume=auto", "trainer.max_restarts=1"),
                            kill_at=3)
     resumed.fit()

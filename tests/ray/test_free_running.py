@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import ray
 import torch
 
 from r1ray.controller.trainer import Trainer
+from tests.ray.run_copies import stopped_after
 from r1ray.models import load_model_and_tokenizer
 
 pytestmark = pytest.mark.timeout(600)
@@ -102,12 +102,7 @@ def runs(ray_cluster, small_config, tmp_path_factory):
     straight = FreeTrainer(small_config(straight_dir, *FREE))
     straight.fit()
 
-    stopped_dir = tmp_path_factory.mktemp("free_stopped") / "run"
-    shutil.copytree(straight_dir, stopped_dir)
-    for name in ("step_000003", "step_000004", "step_000005"):
-        shutil.rmtree(stopped_dir / "checkpoints" / name)
-    lines = (stopped_dir / "metrics.jsonl").read_text().splitlines()
-    (stopped_dir / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    stopped_dir = stopped_after(straight_dir, tmp_path_factory.mktemp("free_stopped") / "run", 2)
     # The resumed run also has its rollout worker killed at the start of step 4: it restarts from step 3's
     # checkpoint (its own).
     resumed = FreeTrainer(small_config(stopped_dir, *FREE, "trainer.resume=auto", "trainer.max_restarts=1"), kill_at=4)
