@@ -210,3 +210,29 @@ def test_free_running_with_vllm_keeps_the_bound_and_continues_responses_under_ne
     assert sum(m["async/partial_rows"] for m in steps) > 0
     # vLLM's processed logprobs of each segment are those of the weights it held: kernel drift only.
     assert _check_logprobs_by_version(trainer, model, atol=2e-3) > 0
+
+
+class KilledBeforeSync(FreeTrainer):
+    """Kills the rollout worker right before the weight sync after step 1's update."""
+
+    def sync_weights(self):
+        if self.version == 1 and not self.killed:
+            self.killed = True
+            os.kill(ray.get(self.roles.rollout.workers[0].pid.remote()), signal.SIGKILL)
+        return Trainer.sync_weights(self)
+
+
+def test_a_weight_update_that_meets_a_dead_engine_ends_the_run_naming_it_within_the_deadline(
+        ray_cluster, small_config, tmp_path):
+    from r1ray.errors import WorkerFailure
+
+    trainer = KilledBeforeSync(small_config(tmp_path / "out", *FREE, "trainer.total_steps=3", "trainer.save_every=0",
+                                            "trainer.collective_timeout_s=60"))
+    start = time.monotonic()
+    with pytest.raises(WorkerFailure) as info:
+        trainer.fit()
+    seconds = time.monotonic() - start
+    message = str(info.value)
+    assert trainer.killed and "\n" not in message
+    assert message.startswith("role 'rollout' rank 0") and "trainer.max_restarts=0" in message, message
+    assert seconds < 60, seconds            # the sync did not wait out its deadline on the dead engine
