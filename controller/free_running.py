@@ -53,6 +53,7 @@ class FreeRunningRollouts:
         self.engine_version = 0                       # the version every engine has loaded
         self._taking = False                          # the trainer waits in take(): it trains at actor_version
         self._calls = 0
+        self.taken_indices: list[int] = []            # dataset indices of the groups the last take returned
         self._in_flight: dict[ray.ObjectRef, Call] = {}
         self._error: BaseException | None = None
         self._stop = threading.Event()
