@@ -11,8 +11,9 @@ A weight sync is sent under the pump's lock, so no round is sent between its two
 receives it after its current round (Ray runs one caller's calls to an actor in submission order) and the
 responses it is generating go on under the new weights at their next segment. The sync keeps its deadline
 (`trainer.collective_timeout_s`); an engine that dies fails the pump's call or the sync, and the Trainer's
-restart path takes over. Free running is not reproducible (what finishes first depends on timing): use
-fixed lag for that.
+restart path takes over. With `trainer.pause_mode=keep` an engine's round is one `advance` call instead
+(`KeepRound`): its requests stay in the engine between rounds and across syncs. Free running is not
+reproducible (what finishes first depends on timing): use fixed lag for that.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import ray
 
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, concat_batches, derive_seed
 
-from r1ray.controller.partial_rollouts import Call, GroupBuffer, admissible, rows_of
+from r1ray.controller.partial_rollouts import Call, GroupBuffer, KeepRound, admissible, rows_of
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +43,11 @@ class FreeRunningRollouts:
 
     def __init__(self, rollout, *, bound: int, per_step: int, n: int, segment_tokens: int, on_stale: str,
                  draw: Callable[[], PromptBatch], budget: Callable[[], int], template: SamplingParams,
-                 decode: Callable[[list[list[int]]], list[str]]):
+                 decode: Callable[[list[list[int]]], list[str]], keep: bool = False):
         self.rollout = rollout                        # the RolloutGroup
-        self.buffer = GroupBuffer(n, per_step, bound, segment_tokens, on_stale)
+        self.keep = keep                              # trainer.pause_mode=keep: the engines hold the requests
+        self.buffer = GroupBuffer(n, per_step, bound, segment_tokens, on_stale, keep=keep)
+        self.kept_over_updates: dict[int, int] = {}   # keep: engine -> responses kept across updates so far
         self.bound, self.per_step = bound, per_step
         self._draw, self._budget, self._template, self._decode = draw, budget, template, decode
         self.lock = threading.RLock()
@@ -54,7 +57,7 @@ class FreeRunningRollouts:
         self._taking = False                          # the trainer waits in take(): it trains at actor_version
         self._calls = 0
         self.taken_indices: list[int] = []            # dataset indices of the groups the last take returned
-        self._in_flight: dict[ray.ObjectRef, Call] = {}
+        self._in_flight: dict[ray.ObjectRef, Call | KeepRound] = {}
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -96,6 +99,8 @@ class FreeRunningRollouts:
         batch = concat_batches([g.to_rollout(t) for g, t in zip(groups, texts)])
         metrics = {"async/regenerated_groups": float(self.buffer.regenerated),
                    "async/dropped_groups": float(self.buffer.dropped), "async/groups_ahead": float(in_flight)}
+        if self.keep:
+            metrics["async/kept_over_updates"] = float(sum(self.kept_over_updates.values()))
         self.taken_indices = [g.prompt.indices[0] for g in groups]
         return batch, metrics
 
@@ -141,17 +146,25 @@ class FreeRunningRollouts:
                     continue
                 done, _ = ray.wait(refs, num_returns=len(refs), timeout=POLL_S)
                 for ref in done:
-                    batch = ray.get(ref)                 # an engine's failure ends the pump, and take() raises it
+                    result = ray.get(ref)                # an engine's failure ends the pump, and take() raises it
                     with self._changed:
-                        call = self._in_flight.pop(ref)
-                        self.buffer.merge(call, batch)
-                        busy = {gid for c in self._in_flight.values() if c.engine == call.engine for gid, _ in c.rows}
-                        self.buffer.landed({gid for gid, _ in call.rows} - busy)
+                        self._land(self._in_flight.pop(ref), result)
                         self._changed.notify_all()
         except BaseException as exc:       # noqa: BLE001 - handed to the trainer's thread, which raises it
             with self._changed:
                 self._error = exc
                 self._changed.notify_all()
+
+    def _land(self, call: Call | KeepRound, result) -> None:
+        if isinstance(call, KeepRound):
+            version, rows, kept = result
+            self.buffer.merge_kept(version, rows)
+            self.kept_over_updates[call.engine] = kept
+            self.buffer.landed(set(call.gids))
+            return
+        self.buffer.merge(call, result)
+        busy = {gid for c in self._in_flight.values() if c.engine == call.engine for gid, _ in c.rows}
+        self.buffer.landed({gid for gid, _ in call.rows} - busy)
 
     def _admit(self) -> None:
         """Admit groups while a group admitted now would still train within the bound."""
@@ -168,6 +181,15 @@ class FreeRunningRollouts:
         busy = {c.engine for c in self._in_flight.values()}
         for engine, worker in enumerate(self.rollout.workers):
             if engine in busy:
+                continue
+            if self.keep:
+                round_ = self.buffer.next_round(engine, self._template)
+                if round_ is not None:
+                    self._calls += 1
+                    sampling = replace(round_.sampling, seed=derive_seed(self._template.seed, self._calls))
+                    ref = worker.advance.remote(round_.prompts, round_.keys, round_.budgets, sampling, round_.abort,
+                                                self.buffer.segment)
+                    self._in_flight[ref] = round_
                 continue
             for call in self.buffer.next_calls(engine, self._template):
                 self._calls += 1

@@ -94,6 +94,21 @@ class Call:
     sampling: SamplingParams
 
 
+@dataclass
+class KeepRound:
+    """One round of an engine whose requests are kept across weight updates (trainer.pause_mode=keep):
+    the new groups' requests are added, the ones of evicted groups aborted, and every response the engine
+    holds is generated `segment_tokens` further."""
+
+    engine: int
+    gids: list[int]                 # every group of the engine the round advances
+    prompts: PromptBatch | None     # the prompts of the groups not started yet (None: none)
+    keys: list[str]                 # their requests, "<gid>:<response>", n per prompt in row order
+    budgets: list[int]              # their response budgets, one per prompt
+    abort: list[str]                # requests of groups evicted since the engine's last round
+    sampling: SamplingParams
+
+
 def admissible(ahead: int, per_step: int, bound: int, next_train_version: int, engine_version: int) -> bool:
     """Whether a group admitted now keeps the staleness bound: with `ahead` groups admitted before it and
     not trained, and steps taking `per_step` groups in admission order, it trains at the latest
@@ -109,9 +124,12 @@ class GroupBuffer:
     later groups overtake it by finishing first): "regenerate" puts its prompt back at the head of the
     waiting prompts (no prompt is skipped), "drop" discards it. Both are counted."""
 
-    def __init__(self, n: int, per_step: int, bound: int, segment_tokens: int, on_stale: str = "regenerate"):
+    def __init__(self, n: int, per_step: int, bound: int, segment_tokens: int, on_stale: str = "regenerate",
+                 keep: bool = False):
         if on_stale not in ("regenerate", "drop"):
             raise ValueError(f"on_stale must be 'regenerate' or 'drop', got {on_stale!r}")
+        self.keep = keep                                   # engines keep requests across updates
+        self.to_abort: dict[int, list[str]] = {}           # keep: engine -> requests of evicted groups
         self.n, self.per_step, self.bound, self.segment = n, per_step, bound, segment_tokens
         self.on_stale = on_stale
         self.groups: dict[int, Group] = {}
@@ -160,6 +178,33 @@ class GroupBuffer:
             calls.append(Call(engine, [(g.gid, i) for g, i in items], prompts, replace(template, n=1, max_new_tokens=limit)))
         return calls
 
+    def next_round(self, engine: int, template: SamplingParams) -> KeepRound | None:
+        """Keep mode: the engine's next round (None when it has nothing to generate or abort)."""
+        mine = [g for g in self.groups.values() if g.engine == engine and not g.finished]
+        abort = self.to_abort.pop(engine, [])
+        if not mine and not abort:
+            return None
+        fresh = [g for g in mine if not g.started]
+        for g in mine:
+            g.in_flight = True
+        prompts = concat_batches([g.prompt for g in fresh]) if fresh else None
+        keys = [f"{g.gid}:{i}" for g in fresh for i in range(self.n)]
+        return KeepRound(engine, [g.gid for g in mine], prompts, keys, [g.budget for g in fresh], abort,
+                         replace(template, n=self.n, max_new_tokens=self.segment))
+
+    def merge_kept(self, version: int, rows: dict[str, tuple[list[int], list[float], bool, bool]]) -> None:
+        """Keep mode: each kept response's tokens since its engine's last round, all sampled at `version`,
+        and whether it finished (truncated: at its token limit, without a stop token)."""
+        for key, (tokens, logprobs, finished, truncated) in rows.items():
+            gid, i = (int(x) for x in key.split(":"))
+            group = self.groups.get(gid)
+            if group is None:                              # trained, regenerated or dropped meanwhile
+                continue
+            response = group.responses[i]
+            response.extend(tokens, logprobs, version, True, group.budget)
+            if finished:
+                response.done, response.truncated = True, truncated
+
     def merge(self, call: Call, batch: RolloutBatch) -> None:
         """An engine call's rows, appended to their responses. Rows of a group no longer held (trained,
         regenerated or dropped meanwhile) are ignored."""
@@ -187,6 +232,8 @@ class GroupBuffer:
                  if g.oldest_version() is not None and train_version - g.oldest_version() > self.bound]
         for g in stale:
             del self.groups[g.gid]
+            if self.keep:                                  # its requests may still be live in the engine
+                self.to_abort.setdefault(g.engine, []).extend(f"{g.gid}:{i}" for i in range(self.n))
         if self.on_stale == "regenerate":
             self.waiting.extendleft(reversed([g.prompt for g in stale]))
             self.regenerated += len(stale)

@@ -166,7 +166,8 @@ class Trainer:
                                   seed=t.seed * 1_000_003, ignore_eos=r.ignore_eos)
         return FreeRunningRollouts(
             self.roles.rollout, bound=t.max_staleness, per_step=self.cfg.data.prompts_per_step, n=r.n,
-            segment_tokens=t.segment_tokens, on_stale=t.stale_groups, draw=self._draw, template=template,
+            segment_tokens=t.segment_tokens, on_stale=t.stale_groups, keep=t.pause_mode == "keep", draw=self._draw,
+            template=template,
             budget=lambda: response_budget(r, self.version + 1),
             decode=lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True))
 

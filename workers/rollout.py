@@ -50,6 +50,21 @@ class RolloutWorker(Worker):
         versions = torch.full(batch.rollout_logprobs.shape, self.weight_version, dtype=torch.int64)
         return replace(batch, token_versions=versions)
 
+    def advance(self, prompts: PromptBatch | None, keys: list[str], budgets: list[int], sampling: SamplingParams,
+                abort: list[str], tokens: int) -> tuple[int, dict[str, tuple[list[int], list[float], bool, bool]], int]:
+        """Free running with trainer.pause_mode=keep (engines that keep requests, `RolloutEngineEntry.
+        keeps_requests`): (the weight version of every token produced, key -> (tokens, behaviour logprobs,
+        finished, truncated) of each kept response since the last call, responses kept across updates so far).
+        A call never spans a weight update: the sync is another call to this actor."""
+        self._record("advance")
+        if not hasattr(self.engine, "advance"):
+            raise TypeError(f"rollout.engine={self.spec.engine} cannot keep requests across weight updates "
+                            f"(trainer.pause_mode=keep); use trainer.pause_mode=abort")
+        deltas = self.engine.advance(prompts, keys, budgets, replace(sampling, seed=derive_seed(sampling.seed, self.rank)),
+                                     abort, tokens)
+        rows = {k: (d.tokens, d.logprobs, d.finished, d.truncated) for k, d in deltas.items()}
+        return self.weight_version, rows, self.engine.kept_over_updates
+
     def init_weight_sync(self, members: list[tuple[SyncGroupSpec, int]]) -> None:
         """Join the weight sync: (group, sync rank) of each of this engine's TP workers."""
         self.engine.init_weight_sync([{"spec": spec.to_dict(), "rank": rank} for spec, rank in members])

@@ -243,3 +243,49 @@ def test_a_layer_that_receives_no_tensor_fails_the_sync_naming_it(vllm_setup):
     # The engine stays usable, and a whole sync repairs it.
     sent, tables = setup.sync()
     verify_fingerprints([n for n, _, _ in setup.manifest], sent, tables, ["engine 0", "engine 1"])
+
+
+def _advance_to_the_end(worker, prompts, sampling, budget: int, tokens: int, between=None, abort_after=None):
+    """Kept requests (trainer.pause_mode=keep) of `prompts`, advanced `tokens` at a time until all finished;
+    `between()` runs after every round, and the request `abort_after[1]` is aborted after round abort_after[0]."""
+    keys = [f"{g}:{i}" for g in range(len(prompts)) for i in range(sampling.n)]
+    got = {k: ([], []) for k in keys}
+    finished, kept, rounds = set(), 0, 0
+    version, rows, kept = ray.get(worker.advance.remote(prompts, keys, [budget] * len(prompts), sampling, [], tokens))
+    while True:
+        rounds += 1
+        for key, (ids, logprobs, done, _) in rows.items():
+            assert len(ids) >= tokens or done, (key, ids)        # every round moves every live request on
+            got[key][0].extend(ids)
+            got[key][1].extend(logprobs)
+            if done:
+                finished.add(key)
+        aborted = [abort_after[1]] if abort_after and rounds == abort_after[0] else []
+        if finished | set(aborted) >= set(keys) or not rows:
+            return got, kept, rounds
+        if between is not None:
+            between()
+        version, rows, kept = ray.get(worker.advance.remote(None, [], [], sampling, aborted, tokens))
+        assert not set(rows) & set(aborted)
+
+
+def test_kept_requests_stepped_in_segments_and_across_a_weight_update_equal_one_generation(vllm_setup):
+    """Keep mode's engine side: requests held in vLLM's scheduler between calls, a sync between every two
+    calls (vLLM's keep pause, then the KV of the running requests recomputed). With the weights the engine
+    already holds, that must change nothing: every token and behaviour logprob equals one uninterrupted
+    generation of the same seeds, bit for bit; an aborted request is gone from the next round."""
+    setup = vllm_setup
+    worker = setup.rollout.workers[0]
+    prompts = _prompts([[5, 6, 7], [8, 9, 10, 11]])
+    sampling = SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=9, ignore_eos=True)
+    setup.sync()                                             # the engines hold the actor's weights
+    straight = ray.get(worker.generate.remote(prompts, sampling))
+    got, kept, rounds = _advance_to_the_end(worker, prompts, sampling, 12, 3, between=setup.sync)
+    assert rounds == 4 and kept == 4 * 3                     # 4 responses were live at each of 3 updates
+    for j, key in enumerate(f"{g}:{i}" for g in range(2) for i in range(2)):
+        n = int(straight.response_lens[j])
+        assert got[key][0] == straight.response_ids()[j, :n].tolist(), key
+        assert torch.equal(torch.tensor(got[key][1]), straight.rollout_logprobs[j, :n]), key
+    # A request aborted after the first round (its group evicted) produces nothing more.
+    got, _, _ = _advance_to_the_end(worker, prompts, sampling, 12, 3, abort_after=(1, "1:1"))
+    assert len(got["1:1"][0]) == 3 and all(len(got[k][0]) == 12 for k in ("0:0", "0:1", "1:0"))

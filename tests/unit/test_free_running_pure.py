@@ -167,3 +167,53 @@ def test_free_running_config_is_checked_with_one_line_per_field(tmp_path):
     assert line.startswith("trainer.async_mode:") and "free_running" in line
     (line,) = _config_problems(tmp_path, "trainer.async_mode=free_running", "trainer.stale_groups=wait")
     assert line.startswith("trainer.stale_groups:") and "regenerate" in line
+    (line,) = _config_problems(tmp_path, "trainer.async_mode=free_running", "trainer.pause_mode=hold")
+    assert line.startswith("trainer.pause_mode:") and "keep" in line
+
+
+def test_keep_mode_needs_free_running_and_an_engine_that_keeps_requests(tmp_path):
+    free = ("trainer.async_mode=free_running", "trainer.pause_mode=keep")
+    # (a vLLM run may be refused for other reasons here: the tiny model's head size, vLLM not installed)
+    assert not [p for p in _config_problems(tmp_path, *free, "rollout.engine=vllm") if p.startswith("trainer.pause_mode")]
+    assert _config_problems(tmp_path, *free) == [
+        "trainer.pause_mode: keep needs a rollout engine that holds requests across weight updates (vllm), not "
+        "rollout.engine=hf; use trainer.pause_mode=abort (it pauses at segment boundaries) or rollout.engine=vllm"]
+    assert _config_problems(tmp_path, "trainer.pause_mode=keep", "rollout.engine=vllm") == [
+        "trainer.pause_mode: keep applies to trainer.async_mode=free_running (fixed lag generates whole responses "
+        "between updates); set trainer.async_mode=free_running"]
+
+
+def test_keep_mode_rounds_add_new_groups_continue_the_rest_and_abort_evicted_ones():
+    """trainer.pause_mode=keep: one round per engine adds the requests of the groups not started, moves every
+    kept response on, and aborts the requests of groups evicted since the engine's last round."""
+    buf = GroupBuffer(n=2, per_step=1, bound=1, segment_tokens=3, keep=True)
+    template = SamplingParams(temperature=1.0, seed=5)
+    first = buf.admit(rows_of(_prompts([7, 8]))[0], budget=6, engine=0)
+    assert buf.next_round(1, template) is None                # engine 1 has nothing to do
+
+    round_ = buf.next_round(0, template)
+    assert round_.gids == [0] and round_.keys == ["0:0", "0:1"] and round_.budgets == [6] and round_.abort == []
+    assert round_.prompts.prompt_ids == [[7, 8]] and round_.sampling.n == 2 and round_.sampling.max_new_tokens == 3
+    # Sample 0 stopped at a stop token, sample 1 goes on (version 3).
+    buf.merge_kept(3, {"0:0": ([4, EOS], [-0.1, -0.2], True, False), "0:1": ([5, 6, 7], [-0.3] * 3, False, False)})
+    buf.landed(set(round_.gids))
+    assert first.responses[0].done and not first.responses[0].truncated and not first.responses[1].done
+
+    second = buf.admit(rows_of(_prompts([9]))[0], budget=6, engine=0)
+    round_ = buf.next_round(0, template)
+    assert round_.gids == [0, 1] and round_.keys == ["1:0", "1:1"] and round_.prompts.prompt_ids == [[9]]
+    # The kept response reaches its budget (truncated) under version 4; the new group's samples start.
+    buf.merge_kept(4, {"0:1": ([1, 1, 1], [-0.4] * 3, True, True), "1:0": ([3, 3, 3], [-0.5] * 3, False, False),
+                       "1:1": ([EOS], [-0.6], True, False)})
+    buf.landed(set(round_.gids))
+    assert first.finished and first.responses[1].truncated
+    assert first.responses[1].tokens == [5, 6, 7, 1, 1, 1] and first.responses[1].versions == [3, 3, 3, 4, 4, 4]
+    assert buf.take(1) == [first]
+
+    # The second group is evicted at version 5 (its oldest token is 4 > 1 version behind 6): its live
+    # request is aborted in the engine's next round, and tokens that still arrive for it are ignored.
+    assert buf.evict_stale(6) == [second]
+    buf.merge_kept(5, {"1:0": ([8], [-0.1], False, False)})
+    round_ = buf.next_round(0, template)
+    assert round_.abort == ["1:0", "1:1"] and round_.gids == [] and round_.prompts is None
+    assert buf.next_round(0, template) is None

@@ -17,6 +17,9 @@ rollout-correction ratios include the renormalisation over the kept tokens, not 
 engine returns temperature-only logprobs, like the actor. Every prompt gets its own seed (vLLM
 gives the n samples of a request seed, seed + 1, ...), derived from the engine's per-step seed.
 
+Free running with `trainer.pause_mode=keep` drives the engine round by round instead (`advance`, with the
+requests held by `vllm_keep.KeptRequests`); a weight update then pauses vLLM's scheduler around the load.
+
 Sleep mode (level 2: weights discarded, then resent by the sync) exists on CUDA only; on CPU the same
 sleep/wake calls go to vLLM, which pauses and resumes its scheduler and frees nothing.
 """
@@ -32,6 +35,7 @@ import torch
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, assemble_rollout, derive_seed
 from r1ray.models import eos_ids
 from r1ray.workers.engines.base import FingerprintTable, RolloutSpec
+from r1ray.workers.engines.vllm_keep import Delta, KeptRequests
 from r1ray.workers.fingerprint import WeightSyncError
 from r1ray.workers.weight_sync import Manifest
 
@@ -61,6 +65,7 @@ class VLLMRolloutEngine:
         self.spec = spec
         self.on_gpu = spec.device == "gpu"
         self.sleeping: set[str] = set()
+        self.kept: KeptRequests | None = None      # free running with trainer.pause_mode=keep
         kwargs = dict(
             model=spec.model_path, dtype=spec.dtype, tensor_parallel_size=spec.tensor_parallel_size,
             max_model_len=spec.max_model_len, seed=spec.seed, trust_remote_code=spec.trust_remote_code,
@@ -98,16 +103,22 @@ class VLLMRolloutEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.stop_ids = eos_ids(spec.model_path, self.tokenizer)
 
-    def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
+    def _params(self, sampling: SamplingParams, seed: int, n: int, max_tokens: int, delta: bool = False):
         from vllm import SamplingParams as VSampling
+        from vllm.sampling_params import RequestOutputKind
 
+        return VSampling(n=n, temperature=max(sampling.temperature, 0.0), top_p=sampling.top_p,
+                         top_k=sampling.top_k if sampling.top_k > 0 else 0, max_tokens=max_tokens, logprobs=0,
+                         seed=seed, stop_token_ids=self.stop_ids, ignore_eos=sampling.ignore_eos, detokenize=False,
+                         output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.CUMULATIVE)
+
+    def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
+        if self.kept:
+            return self._generate_beside_kept(prompts, sampling)
         # vLLM refuses n > 1 for greedy requests: send n copies of a greedy prompt instead, which keeps
         # the n rows of a prompt adjacent either way.
         copies, n = (sampling.n, 1) if sampling.temperature <= 0 else (1, sampling.n)
-        params = [VSampling(n=n, temperature=max(sampling.temperature, 0.0), top_p=sampling.top_p,
-                            top_k=sampling.top_k if sampling.top_k > 0 else 0, max_tokens=sampling.max_new_tokens,
-                            logprobs=0, seed=derive_seed(sampling.seed, i),
-                            stop_token_ids=self.stop_ids, ignore_eos=sampling.ignore_eos, detokenize=False)
+        params = [self._params(sampling, derive_seed(sampling.seed, i), n, sampling.max_new_tokens)
                   for i in range(len(prompts)) for _ in range(copies)]
         requests = [{"prompt_token_ids": ids} for ids in prompts.prompt_ids for _ in range(copies)]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
@@ -119,10 +130,45 @@ class VLLMRolloutEngine:
                 logprobs.append(torch.tensor([lp[t].logprob for lp, t in zip(completion.logprobs, ids)],
                                              dtype=torch.float32))
                 truncated.append(completion.finish_reason == "length")
+        return self._assemble(prompts, sampling, responses, logprobs, truncated)
+
+    def _generate_beside_kept(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
+        """A generation (an evaluation) while a free-running pump keeps requests in the engine: `LLM.generate`
+        would run those to their end and return them too, so these rows are stepped beside them, one request
+        per sample with the seeds vLLM gives a request's n samples (seed, seed + 1, ...)."""
+        rows = [(ids, self._params(sampling, derive_seed(sampling.seed, i) + (j if sampling.temperature > 0 else 0),
+                                   1, sampling.max_new_tokens, delta=True))
+                for i, ids in enumerate(prompts.prompt_ids) for j in range(sampling.n)]
+        done = self.kept.run(rows)
+        return self._assemble(prompts, sampling, [d.tokens for d in done],
+                              [torch.tensor(d.logprobs, dtype=torch.float32) for d in done], [d.truncated for d in done])
+
+    def _assemble(self, prompts, sampling, responses, logprobs, truncated) -> RolloutBatch:
         # Decoded here as the HF engine does (vLLM's incremental detokenizer holds back a trailing partial
         # UTF-8 character), so both engines give rewards the same text for the same tokens.
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
         return assemble_rollout(prompts, sampling.n, responses, logprobs, truncated, texts)
+
+    # ---- requests kept across weight updates (trainer.pause_mode=keep) ----------------------------
+    def advance(self, prompts: PromptBatch | None, keys: list[str], budgets: list[int], sampling: SamplingParams,
+                abort: list[str], tokens: int) -> dict[str, Delta]:
+        """Free running in keep mode: forget the `abort` requests, add the n requests of each new prompt
+        (keys[i * n + j] for sample j of prompt i, at most budgets[i] tokens), then step every kept request
+        `tokens` further (`KeptRequests.advance`)."""
+        if self.kept is None:
+            self.kept = KeptRequests(self.llm.llm_engine)
+        self.kept.abort(abort)
+        n = sampling.n
+        for i, ids in enumerate(prompts.prompt_ids if prompts is not None else []):
+            for j in range(n):
+                seed = derive_seed(sampling.seed, i) + (j if sampling.temperature > 0 else 0)
+                self.kept.add(keys[i * n + j], ids, self._params(sampling, seed, 1, budgets[i], delta=True))
+        return self.kept.advance(tokens)
+
+    @property
+    def kept_over_updates(self) -> int:
+        """Responses a weight update found mid-generation and left in the scheduler (keep mode)."""
+        return self.kept.kept_over_updates if self.kept is not None else 0
 
     # ---- weight sync through vLLM's weight-transfer API ------------------------------------------
     def init_weight_sync(self, members: list[dict]) -> None:
@@ -131,10 +177,18 @@ class VLLMRolloutEngine:
     def receive_weights(self, manifest: Manifest) -> list[FingerprintTable]:
         update = {"names": [m[0] for m in manifest], "shapes": [list(m[1]) for m in manifest],
                   "dtypes": [m[2] for m in manifest]}
+        keep = bool(self.kept)
+        if keep:
+            # Requests kept across the update: vLLM's own pause, which freezes them between two decode steps
+            # and waits for the device to be idle.
+            self.llm.sleep(level=0, mode="keep")
         self.llm.start_weight_update()
         self.llm.update_weights({"update_info": update})
         self.llm.finish_weight_update()
-        self.reset_cache()
+        self.reset_cache(running=keep)
+        if keep:
+            self.kept.updated()
+            self.llm.wake_up(tags=["scheduling"])
         unloaded = sorted({name for names in self.llm.collective_rpc("r1ray_unloaded_layers") for name in names})
         if unloaded:
             raise WeightSyncError(
@@ -146,8 +200,9 @@ class VLLMRolloutEngine:
             raise WeightSyncError("vLLM engine: a worker reported no fingerprints after the weight update")
         return tables
 
-    def reset_cache(self) -> None:
-        if not self.llm.reset_prefix_cache():
+    def reset_cache(self, running: bool = False) -> None:
+        """`running`: requests are kept; they are preempted and their KV recomputed under the new weights."""
+        if not self.llm.reset_prefix_cache(reset_running_requests=running):
             raise WeightSyncError("vLLM engine: the prefix cache could not be reset (requests still running)")
 
     # ---- colocation -------------------------------------------------------------------------------
