@@ -196,14 +196,14 @@ def test_export_writes_the_checkpointed_actor_as_a_hugging_face_model(runs, tmp_
 # ---- worker failure and restart --------------------------------------------------------------------------
 
 class KillingTrainer(ObservedTrainer):
-    """The observed Trainer, SIGKILLing one worker's process the first time step `at_step` reaches `phase`
-    ("generate": before the rollout call; "update": before the actor's update); it records every step it
-    starts and the prompts each finished step trained on."""
+    """The observed Trainer, SIGKILLing a worker's process the first time step `at_step` reaches `phase`
+    ("generate": before the rollout call; "update": before the actor's update), for each (role, rank,
+    at_step, phase) it is given; it records every step it starts and the prompts each finished step trained on."""
 
-    def __init__(self, cfg, role: str, rank: int, at_step: int, phase: str):
+    def __init__(self, cfg, *kills: tuple[str, int, int, str]):
         super().__init__(cfg)
-        self.kill_at = (role, rank, at_step, phase)
-        self.killed_pid: int | None = None
+        self.kills = list(kills)
+        self.killed_pids: list[int] = []
         self.started: list[int] = []
         self.trained: dict[int, list[int]] = {}
 
@@ -214,10 +214,12 @@ class KillingTrainer(ObservedTrainer):
         return metrics
 
     def _maybe_kill(self, phase: str) -> None:
-        role, rank, at_step, when = self.kill_at
-        if self.killed_pid is None and phase == when and self.started[-1] == at_step:
-            self.killed_pid = ray.get(getattr(self.roles, role).workers[rank].pid.remote())
-            os.kill(self.killed_pid, signal.SIGKILL)
+        for kill in list(self.kills):
+            role, rank, at_step, when = kill
+            if phase == when and self.started[-1] == at_step:
+                self.kills.remove(kill)
+                self.killed_pids.append(ray.get(getattr(self.roles, role).workers[rank].pid.remote()))
+                os.kill(self.killed_pids[-1], signal.SIGKILL)
 
     def generate(self, prompts, sampling, timer=None):
         self._maybe_kill("generate")
@@ -228,23 +230,21 @@ class KillingTrainer(ObservedTrainer):
         return super().update(batch, kl_coef)
 
 
-def _fit_killing(small_config, out: Path, kill: tuple, *overrides: str) -> KillingTrainer:
-    trainer = KillingTrainer(small_config(out, *RUN, "trainer.total_steps=4", *overrides), *kill)
+def _fit_killing(small_config, out: Path, kills: list[tuple], *overrides: str) -> KillingTrainer:
+    trainer = KillingTrainer(small_config(out, *RUN, "trainer.total_steps=4", *overrides), *kills)
     trainer.fit()
     return trainer
 
 
-@pytest.mark.parametrize("kill, save_every, started", [
-    (("actor", 1, 3, "update"), 2, [1, 2, 3, 3, 4]),         # an FSDP rank, mid-step: from step 2's checkpoint
-    (("rollout", 0, 1, "generate"), 4, [1, 1, 2, 3, 4]),     # before any checkpoint: from the run's start
-], ids=["actor-rank-mid-step", "rollout-before-any-checkpoint"])
-def test_a_killed_worker_is_restarted_and_the_run_neither_repeats_nor_skips_data(
-        runs, small_config, tmp_path, kill, save_every, started):
+def test_killed_workers_are_restarted_and_the_run_neither_repeats_nor_skips_data(runs, small_config, tmp_path):
+    """Two failures in one run (trainer.max_restarts=2): the rollout worker before any checkpoint (the run
+    starts again from its beginning), then an FSDP actor rank mid-step 3 (from step 2's checkpoint)."""
     full, full_dir = runs["full"]
     out = tmp_path / "run"
-    trainer = _fit_killing(small_config, out, kill, "trainer.max_restarts=1", f"trainer.save_every={save_every}")
-    assert trainer.killed_pid is not None
-    assert trainer.started == started
+    kills = [("rollout", 0, 1, "generate"), ("actor", 1, 3, "update")]
+    trainer = _fit_killing(small_config, out, kills, "trainer.max_restarts=2", "trainer.save_every=2")
+    assert len(trainer.killed_pids) == 2 and not trainer.kills
+    assert trainer.started == [1, 1, 2, 3, 3, 4]
     # Each step trained once on the prompts the uninterrupted run trained it on ...
     assert [trainer.trained[s] for s in range(1, 5)] == full.prompt_indices
     # ... with the same results, bit for bit, logged once per step, to the same final weights.
@@ -256,7 +256,7 @@ def test_a_killed_worker_is_restarted_and_the_run_neither_repeats_nor_skips_data
 
 def test_without_restarts_a_killed_worker_ends_the_run_naming_it(small_config, tmp_path):
     with pytest.raises(WorkerFailure) as failure:
-        _fit_killing(small_config, tmp_path / "run", ("rollout", 0, 2, "generate"), "trainer.max_restarts=0")
+        _fit_killing(small_config, tmp_path / "run", [("rollout", 0, 2, "generate")], "trainer.max_restarts=0")
     message = str(failure.value)
     assert "\n" not in message
     assert message.startswith("role 'rollout' rank 0: the worker process died (")

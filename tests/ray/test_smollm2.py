@@ -156,7 +156,7 @@ def initial_template(smollm2) -> str:
 # Two small steps of the shipped config: 2 prompts x 4 samples, 24-token responses, 4 held-out problems. The
 # untrained model is right about 10% of the time, so 8 samples often all score 0 on accuracy alone; the
 # length reward varies between samples, so every step has advantages to train on.
-SMALL = ["trainer.total_steps=2", "data.prompts_per_step=2", "rollout.n=4", "rollout.max_response_length=24",
+SMALL = ["trainer.total_steps=2", "data.prompts_per_step=1", "rollout.n=4", "rollout.max_response_length=24",
          "data.generate.train_size=16", "data.generate.val_size=4", "trainer.eval_every=0",
          "reward.functions=[auto,format,still3_length]", "reward.weights=[1.0,0.1,0.1]"]
 
@@ -220,7 +220,7 @@ def test_r1ray_eval_on_gsm8k_problems(smollm2, tmp_path, ray_cluster):
     result = tmp_path / "eval.json"
     cfg = load_config(CONFIG, [f"model.path={smollm2['model']}", "model.fetch=''", f"trainer.output_dir={tmp_path}",
                                f"data.val_files=[{problems}]", f"data.train_files=[{problems}]", "eval.n=2",
-                               "eval.ks=[1,2]", "rollout.max_response_length=96", "rollout.max_prompt_length=400",
+                               "eval.ks=[1,2]", "rollout.max_response_length=64", "rollout.max_prompt_length=400",
                                f"eval.out_file={result}"])
     assert run_eval(cfg)["path"] == str(result)
     report = json.loads(result.read_text())
