@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import ray
 
 from r1ray.config import R1RayConfig
 from r1ray.config_checks import uses_reference_model
+from r1ray.controller.shared_storage import check_shared_output
+from r1ray.errors import UnsharedStorage
 from r1ray.loss_spec import resolve_preset
 from r1ray.rewards import RewardSpec
 from r1ray.workers.engines import EngineSpec, RolloutSpec
 from r1ray.workers.engines.base import vllm_sleep_level
 from r1ray.workers.group import WorkerGroup, setup_groups
 from r1ray.workers.losses import LossSettings
-from r1ray.workers.placement import Placement
+from r1ray.workers.placement import Placement, WorkerSlot
 from r1ray.workers.role_groups import (ActorGroup, RefGroup, RewardGroup, RolloutGroup, engine_slots,
                                       sync_world_size)
 from r1ray.workers.weight_sync import SyncGroupSpec
@@ -50,7 +53,11 @@ def shutdown_groups(groups: list[WorkerGroup]) -> None:
             logger.debug("role '%s': a worker could not shut down cleanly: %s", group.role, exc)
         finally:
             group.kill()
-    for pg in {id(s.placement_group): s.placement_group for g in groups for s in g.slots}.values():
+    remove_placement_groups([s for g in groups for s in g.slots])
+
+
+def remove_placement_groups(slots: list[WorkerSlot]) -> None:
+    for pg in {id(s.placement_group): s.placement_group for s in slots}.values():
         ray.util.remove_placement_group(pg)
 
 
@@ -119,6 +126,11 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
         logger.info("algorithm.kl_coef is 0 at every step: no reference model, no reference pass")
     wanted = ["actor", "rollout", "reward"] + (["ref"] if use_ref else [])
     slots = placement.only(wanted).create(cfg.trainer.startup_timeout_s)
+    try:
+        check_shared_output(Path(cfg.trainer.output_dir), slots["actor"])
+    except UnsharedStorage:
+        remove_placement_groups([s for role_slots in slots.values() for s in role_slots])
+        raise
     t = cfg.trainer
     total_opt_steps = t.total_steps * cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
     spec = engine_spec(cfg, total_opt_steps)

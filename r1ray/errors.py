@@ -33,6 +33,12 @@ class WorkerFailure(RuntimeError):
     none were allowed); the message names the role, the rank and the cause. The CLI exits with 1."""
 
 
+class UnsharedStorage(ValueError):
+    """trainer.output_dir is not on storage every node of the actor can read (a local path on a cluster of
+    several nodes): checkpoints would be split over the nodes' disks. Found before any worker starts; the
+    CLI exits with 2."""
+
+
 class InputMismatch(ValueError):
     """A model, checkpoint or data file does not fit the run (another model's checkpoint, a truncated
     weights file); the message names the file and the mismatch and says how to fix it. Raised in a

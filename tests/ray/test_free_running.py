@@ -189,31 +189,48 @@ def _check_logprobs_by_version(trainer: FreeTrainer, model_path: Path, atol: flo
 
 
 @pytest.fixture(scope="module")
-def vllm_run(ray_cluster, small_config, tmp_path_factory):
+def vllm_runs(ray_cluster, small_config, tmp_path_factory):
+    """vLLM in keep mode: a run of 2 steps, then the same run resumed to step 6 (as a run stopped after
+    step 2 and resumed is)."""
     pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[cpu]' (CI installs it)")
     from r1ray.models import build_tiny_model
 
     tmp = tmp_path_factory.mktemp("free_vllm")
     # vLLM's CPU attention wants a head size of 32 or more.
     model = build_tiny_model(tmp / "model", hidden=64, layers=2, heads=2, kv_heads=1, max_position_embeddings=256)
-    trainer = FreeTrainer(small_config(tmp / "out", *FREE, f"model.path={model}", "rollout.engine=vllm",
-                                       "trainer.pause_mode=keep", "trainer.save_every=0"))
-    trainer.fit()
-    return trainer, tmp / "out", model
+    vllm = [f"model.path={model}", "rollout.engine=vllm", "trainer.pause_mode=keep"]
+    first = FreeTrainer(small_config(tmp / "out", *FREE, *vllm, "trainer.total_steps=2"))
+    first.fit()
+    pending = torch.load(tmp / "out" / "checkpoints" / "step_000002" / "pending_rollouts.pt", weights_only=False)
+    resumed = FreeTrainer(small_config(tmp / "out", *FREE, *vllm, "trainer.total_steps=6", "trainer.resume=auto"))
+    resumed.fit()
+    return first, resumed, tmp / "out", model, pending
 
 
-def test_free_running_with_vllm_keeping_requests_across_updates_keeps_the_bound(vllm_run):
+def test_free_running_with_vllm_keeping_requests_across_updates_keeps_the_bound(vllm_runs):
     """trainer.pause_mode=keep: the responses stay in vLLM's scheduler while the weights change under them
     (the abort mode's resubmissions are the HF runs' above, and vLLM's generate is tested on its own)."""
-    trainer, out, model = vllm_run
+    first, resumed, out, model, _ = vllm_runs
     steps = _metrics(out)
-    assert [m["step"] for m in steps] == [1, 2, 3, 4, 5]
+    assert [m["step"] for m in steps] == [1, 2, 3, 4, 5, 6]
     assert all(m["async/staleness_max"] <= K and m["actor/grad_norm"] > 0 for m in steps)
     assert sum(m["async/partial_rows"] for m in steps) > 0
-    kept = [m["async/kept_over_updates"] for m in steps]
-    assert kept == sorted(kept) and kept[-1] > 0, kept        # a running count of responses kept over an update
+    # A running count (per run) of the responses a weight update met in the scheduler.
+    assert max(m["async/kept_over_updates"] for m in steps) > 0
     # vLLM's processed logprobs of each segment are those of the weights it held: kernel drift only.
-    assert _check_logprobs_by_version(trainer, model, atol=2e-3) > 0
+    assert _check_logprobs_by_version(first, model, atol=2e-3) + _check_logprobs_by_version(resumed, model, atol=2e-3) > 0
+
+
+def test_free_running_with_vllm_resumes_without_repeating_or_skipping_a_prompt(vllm_runs):
+    first, resumed, _, _, pending = vllm_runs
+    assert resumed.started == [3, 4, 5, 6]
+    before = first.trained[1] + first.trained[2]
+    after = [i for step in (3, 4, 5, 6) for i in resumed.trained[step]]
+    assert len(set(before + after)) == len(before + after)             # no prompt trained twice
+    (prompts, batch), = pending.values()
+    assert batch is None and len(prompts) >= 2
+    assert set(prompts.indices) <= set(after) | set(resumed.left)      # none skipped
+    assert resumed.trained[3] == list(prompts.indices[:2])             # the oldest first
 
 
 class KilledBeforeSync(FreeTrainer):

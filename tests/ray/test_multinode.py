@@ -21,7 +21,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -214,3 +216,86 @@ def test_with_no_node_to_replace_a_lost_one_the_run_fails_within_the_startup_dea
     assert ("placement does not fit the cluster" in errors[0] or "placement groups became ready within 30s"
             in errors[0]) and "the cluster's nodes" in errors[0], errors[0]
     assert seconds < 30 + 60, seconds
+
+
+# ---- storage the nodes do not share ------------------------------------------------------------------
+
+
+def alive_nodes(address: str) -> int:
+    """Alive nodes of the cluster at `address`, counted from another process (this one never joins it)."""
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **LOOPBACK_ENV}
+    code = (f"import ray; ray.init(address={address!r}, log_to_driver=False); "
+            f"print(sum(1 for n in ray.nodes() if n['Alive']))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else -1
+
+
+# A raylet joining the cluster at argv[1], as `Cluster.add_node` starts one (`ray start` refuses to join with
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), until SIGTERM.
+NODE_SCRIPT = """
+import signal, sys, time
+import ray._private.node, ray._private.parameter
+params = ray._private.parameter.RayParams(
+    gcs_address=sys.argv[1], node_ip_address="127.0.0.1", num_cpus=1, num_gpus=0,
+    object_store_memory=150 * 1024 * 1024, min_worker_port=0, max_worker_port=0, include_log_monitor=False,
+    node_manager_port=0)
+params.dashboard_agent_listen_port = None
+node = ray._private.node.Node(params, head=False, shutdown_at_exit=True, spawn_reaper=True)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    time.sleep(1)
+"""
+
+
+def start_unshared_node(address: str, hidden: Path, log: Path) -> subprocess.Popen:
+    """A node of 1 CPU joining the cluster in a mount namespace of its own, where `hidden` is an empty tmpfs:
+    the local disk of a machine that does not mount the storage the head node writes to."""
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **LOOPBACK_ENV}
+    command = f'mount -t tmpfs r1ray-local {hidden} && exec "$0" -c "$1" {address}'
+    with open(log, "a") as stderr:
+        return subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", command, sys.executable,
+                                 NODE_SCRIPT], env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)
+
+
+def test_an_output_dir_the_actors_nodes_do_not_share_is_refused_before_any_worker_starts(cluster, config, tmp_path):
+    """Two more nodes whose view of the output directory's parent is a disk of their own (a tmpfs mounted in
+    their own mount namespace). The actor's four ranks on four of the five nodes cannot all be on the
+    shared ones: the run must stop at start, naming the ranks and nodes that cannot read the directory,
+    before a worker starts or a checkpoint is written."""
+    if subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode != 0:
+        pytest.skip("this machine does not let the tests create mount namespaces (unshare -m), which model a "
+                    "node with a disk of its own")
+    path, model = config
+    hidden = tmp_path / "storage"
+    hidden.mkdir()
+    nodes: list[subprocess.Popen] = []
+    try:
+        for count in (4, 5):              # one at a time: two raylets starting at once can miss their deadline
+            nodes.append(start_unshared_node(cluster.address, hidden, tmp_path / "nodes.log"))
+            deadline = time.monotonic() + 120
+            while alive_nodes(cluster.address) < count:
+                assert time.monotonic() < deadline and nodes[-1].poll() is None, (tmp_path / "nodes.log").read_text()[-3000:]
+                time.sleep(1)
+        out = hidden / "out"
+        done = r1ray_train(path, *model, *RUN, "placement.pools.train.nodes=4", "placement.pools.train.devices_per_node=1",
+                           f"trainer.output_dir={out}", address=cluster.address)
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGTERM)
+        for node in nodes:
+            node.wait(timeout=60)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    print(errors[0])
+    assert re.fullmatch(
+        rf"error: trainer\.output_dir: {re.escape(str(out))} is not on storage the actor's nodes share: a file the "
+        rf"driver wrote there cannot be read by actor ranks? [\d, ]+ on ray node [0-9a-f]{{12}}(; ranks? [\d, ]+ on ray "
+        rf"node [0-9a-f]{{12}})?, so each node would keep its own part of every checkpoint and no resume could load "
+        rf"one; use a path every node mounts \(NFS, a shared volume such as deploy/kuberay/pvc-shared\.yaml\)",
+        errors[0]), errors[0]
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
+    assert not list(out.glob(".r1ray-storage-probe-*"))          # the probe is gone
