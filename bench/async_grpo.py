@@ -4,6 +4,7 @@ long-tailed length distribution, in one invocation.
 
     python bench/async_grpo.py                     # both shapes, 1 warm-up + 4 measured steps per run
     python bench/async_grpo.py --steps 2 --shapes speed --json out.json
+    python bench/async_grpo.py --engine vllm --shapes speed    # adds free running with trainer.pause_mode=keep
 
 Every run uses the same placement, so that only the overlap differs: the actor (and reference) on one
 one-thread bundle, the rollout engine (HF generate) and the reward worker on another, one thread per worker
@@ -49,13 +50,16 @@ PLACEMENT = {
 }
 
 
-# The runs of one shape: (name, trainer.max_staleness, trainer.async_mode).
-RUNS = (("k0", 0, "fixed_lag"), ("k1", 1, "fixed_lag"), ("free2", 2, "free_running"))
+# The runs of one shape: (name, trainer.max_staleness, trainer.async_mode, trainer.pause_mode).
+RUNS = (("k0", 0, "fixed_lag", "abort"), ("k1", 1, "fixed_lag", "abort"), ("free2", 2, "free_running", "abort"))
+# With --engine vllm: free running with the requests kept in vLLM's scheduler across weight updates.
+KEEP_RUN = ("free2_keep", 2, "free_running", "keep")
 
 
 def config(work: Path, model: Path, data: Path, wl: Workload, staleness: int, mode: str = "fixed_lag",
-           segment_tokens: int = 64) -> dict[str, Any]:
+           segment_tokens: int = 64, engine: str = "hf", pause_mode: str = "abort") -> dict[str, Any]:
     cfg = r1ray_config(work, model, data, wl)
+    cfg["rollout"]["engine"] = engine
     cfg["algorithm"] = {"kl_placement": "none", **({"rollout_correction": "tis_token"} if staleness else {})}
     cfg["placement"] = PLACEMENT
     # A random model earns no accuracy reward; the length reward varies between samples, so every step
@@ -64,17 +68,18 @@ def config(work: Path, model: Path, data: Path, wl: Workload, staleness: int, mo
     cfg["trainer"]["max_staleness"] = staleness
     cfg["trainer"]["async_mode"] = mode
     cfg["trainer"]["segment_tokens"] = segment_tokens
+    cfg["trainer"]["pause_mode"] = pause_mode
     return cfg
 
 
-def measure(work: Path, model: Path, data: Path, wl: Workload, run: tuple[str, int, str],
-            timeout_s: float, segment_tokens: int) -> dict[str, Any]:
+def measure(work: Path, model: Path, data: Path, wl: Workload, run: tuple[str, int, str, str],
+            timeout_s: float, segment_tokens: int, engine: str) -> dict[str, Any]:
     import yaml
 
-    name, staleness, mode = run
+    name, staleness, mode, pause_mode = run
     run_dir = work / name
     run_dir.mkdir()
-    cfg = config(run_dir, model, data, wl, staleness, mode, segment_tokens)
+    cfg = config(run_dir, model, data, wl, staleness, mode, segment_tokens, engine, pause_mode)
     path = run_dir / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     wall, _ = run_measured(["r1ray", "train", "--config", str(path)], _env(wl), run_dir / "log.txt", timeout_s)
@@ -111,7 +116,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1200.0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--segment-tokens", type=int, default=64, help="trainer.segment_tokens of the free-running run")
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="rollout.engine of every run")
     args = parser.parse_args()
+    runs_of_shape = RUNS + ((KEEP_RUN,) if args.engine == "vllm" else ())
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="r1ray_async_bench_") as tmp:
         for name in args.shapes.split(","):
@@ -119,9 +126,12 @@ def main() -> None:
             work = Path(tmp) / name
             work.mkdir()
             model, data = prepare(work, wl)
-            runs = {run[0]: measure(work, model, data, wl, run, args.timeout, args.segment_tokens) for run in RUNS}
+            runs = {run[0]: measure(work, model, data, wl, run, args.timeout, args.segment_tokens, args.engine)
+                    for run in runs_of_shape}
             results[name] = {"workload": {"n": wl.n, "prompts": wl.prompts, "max_new_tokens": wl.max_new_tokens},
-                             **runs, **compare(runs["k0"], runs["k1"], runs["free2"])}
+                             "engine": args.engine, **runs, **compare(runs["k0"], runs["k1"], runs["free2"])}
+            if "free2_keep" in runs:
+                results[name]["keep_over_k0"] = runs["free2_keep"]["step_s"] / runs["k0"]["step_s"]
     print(f"{'shape':<10} {'K=0 step':>9} {'gen':>6} {'rest':>6} {'K=1 step':>9} {'K1/K0':>6} {'limit':>6} "
           f"{'K1/limit':>8} {'free K=2':>9} {'free/K0':>7} {'partial':>7} {'resp len':>8}")
     for name, r in results.items():
@@ -129,6 +139,9 @@ def main() -> None:
               f"{r['k1']['step_s']:>8.2f}s {r['k1_over_k0']:>6.3f} {r['limit']:>6.3f} {r['k1_over_limit']:>8.3f} "
               f"{r['free2']['step_s']:>8.2f}s {r['free_over_k0']:>7.3f} {r['free2']['partial_rows']:>7.2f} "
               f"{r['k0']['response_length']:>8.1f}")
+        if "free2_keep" in r:
+            print(f"{'':<10} keep K=2 (vLLM, trainer.pause_mode=keep): {r['free2_keep']['step_s']:.2f}s, "
+                  f"{r['keep_over_k0']:.3f} of K=0, partial {r['free2_keep']['partial_rows']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

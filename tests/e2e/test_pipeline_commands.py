@@ -26,7 +26,9 @@ QUICKSTART = REPO / "configs" / "quickstart.yaml"
 # The cold-start model must learn to add (and to slip) before GRPO has something to sharpen: at 100 SFT steps
 # it has not (nll ~0.5, GRPO does not move held-out pass@1), at 300 it has (nll ~0.09).
 SFT_STEPS = 300
-GRPO_STEPS = 20
+# Held-out pass@1 rose 0.31 -> 0.69 in the first 10 GRPO steps of this run (0.78 at 20): 12 steps leave a
+# wide margin over the +0.1 the learning test asks for.
+GRPO_STEPS = 12
 STAGES = ('stages=[{name: cold_start, kind: sft}, {name: grpo, kind: grpo}, '
           '{name: sample, kind: sample, overrides: [sample.k=4, data.generate.train_size=64]}, '
           '{name: eval, kind: eval, overrides: [eval.n=2, "eval.ks=[1,2]"]}]')
@@ -142,8 +144,8 @@ def test_grpo_logs_every_step_and_learns(pipeline):
     print(f"GRPO held-out pass@1 by step: {evals}; reward/mean first third {early:.3f}, last third {late:.3f}")
     # The learning check: held-out (greedy) pass@1 after GRPO beats the cold-start checkpoint (step 0) by a
     # margin no evaluation noise on 64 prompts explains. The training reward is sampled at temperature 1 on
-    # new prompts each step: its per-step spread is about 0.09, so two means of 6 steps differ by about 0.05
-    # from noise alone, and "late > early" is close to a coin flip over 20 steps (it failed with
+    # new prompts each step: its per-step spread is about 0.09, so two means of 4 steps differ by about 0.06
+    # from noise alone, and "late > early" is close to a coin flip (it failed over 20 steps with
     # 0.564 -> 0.550 while held-out pass@1 rose 0.578 -> 0.719). It must not have collapsed, though.
     assert evals[GRPO_STEPS] >= evals[0] + 0.1, (evals, early, late)
     assert late > early - 0.1, (evals, early, late)
