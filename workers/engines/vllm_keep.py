@@ -63,12 +63,7 @@ class KeptRequests:
     def advance(self, tokens: int) -> dict[str, Delta]:
         """Step the engine until every live request has `tokens` new tokens or finished; each request's
         tokens since the last call. The finished ones are forgotten."""
-        while any(not d.finished and len(d.tokens) < tokens for d in self.deltas.values()):
-            if not self.engine.has_unfinished_requests():
-                lost = sorted(k for k, d in self.deltas.items() if not d.finished)
-                raise RuntimeError(f"vLLM engine holds none of the kept requests {lost[:5]} any more")
-            for out in self.engine.step():
-                self._record(out)
+        self._step_until(lambda: all(d.finished or len(d.tokens) >= tokens for d in self.deltas.values()))
         done, self.deltas = self.deltas, {k: Delta() for k, d in self.deltas.items() if not d.finished}
         return done
 
@@ -80,16 +75,21 @@ class KeptRequests:
         keys = [f"r1ray-generate-{self._runs}-{i}" for i in range(len(requests))]
         for key, (ids, params) in zip(keys, requests):
             self.add(key, ids, params)
-        while not all(self.deltas[k].finished for k in keys):
-            if not self.engine.has_unfinished_requests():
-                raise RuntimeError("vLLM engine lost requests of a generation while requests were kept")
-            for out in self.engine.step():
-                self._record(out)
+        self._step_until(lambda: all(self.deltas[k].finished for k in keys))
         return [self.deltas.pop(k) for k in keys]
 
     def updated(self) -> None:
         """Weights were loaded while these requests were live."""
         self.kept_over_updates += sum(1 for d in self.deltas.values() if not d.finished)
+
+    def _step_until(self, done) -> None:
+        """Step the engine until `done()`; a request it no longer holds would make that wait forever."""
+        while not done():
+            if not self.engine.has_unfinished_requests():
+                lost = sorted(k for k, d in self.deltas.items() if not d.finished)
+                raise RuntimeError(f"vLLM engine holds none of the requests {lost[:5]} any more")
+            for out in self.engine.step():
+                self._record(out)
 
     def _record(self, out) -> None:
         delta = self.deltas.get(out.request_id)

@@ -134,12 +134,8 @@ class VLLMRolloutEngine:
 
     def _generate_beside_kept(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
         """A generation (an evaluation) while a free-running pump keeps requests in the engine: `LLM.generate`
-        would run those to their end and return them too, so these rows are stepped beside them, one request
-        per sample with the seeds vLLM gives a request's n samples (seed, seed + 1, ...)."""
-        rows = [(ids, self._params(sampling, derive_seed(sampling.seed, i) + (j if sampling.temperature > 0 else 0),
-                                   1, sampling.max_new_tokens, delta=True))
-                for i, ids in enumerate(prompts.prompt_ids) for j in range(sampling.n)]
-        done = self.kept.run(rows)
+        would run those to their end and return them too, so these rows are stepped beside them."""
+        done = self.kept.run(self._per_sample(prompts.prompt_ids, sampling, [sampling.max_new_tokens] * len(prompts)))
         return self._assemble(prompts, sampling, [d.tokens for d in done],
                               [torch.tensor(d.logprobs, dtype=torch.float32) for d in done], [d.truncated for d in done])
 
@@ -158,12 +154,17 @@ class VLLMRolloutEngine:
         if self.kept is None:
             self.kept = KeptRequests(self.llm.llm_engine)
         self.kept.abort(abort)
-        n = sampling.n
-        for i, ids in enumerate(prompts.prompt_ids if prompts is not None else []):
-            for j in range(n):
-                seed = derive_seed(sampling.seed, i) + (j if sampling.temperature > 0 else 0)
-                self.kept.add(keys[i * n + j], ids, self._params(sampling, seed, 1, budgets[i], delta=True))
+        rows = self._per_sample(prompts.prompt_ids, sampling, budgets) if prompts is not None else []
+        for key, (ids, params) in zip(keys, rows, strict=True):
+            self.kept.add(key, ids, params)
         return self.kept.advance(tokens)
+
+    def _per_sample(self, prompt_ids: list[list[int]], sampling: SamplingParams, max_tokens: list[int]) -> list[tuple]:
+        """One request per sample (n = 1, DELTA outputs) with the seeds vLLM gives a request's n samples
+        (seed, seed + 1, ...; one seed for greedy copies): (prompt ids, vLLM SamplingParams) in row order."""
+        return [(ids, self._params(sampling, derive_seed(sampling.seed, i) + (j if sampling.temperature > 0 else 0),
+                                   1, max_tokens[i], delta=True))
+                for i, ids in enumerate(prompt_ids) for j in range(sampling.n)]
 
     @property
     def kept_over_updates(self) -> int:
