@@ -70,7 +70,14 @@ def engine_spec(cfg: R1RayConfig, total_optimizer_steps: int) -> EngineSpec:
         total_optimizer_steps=total_optimizer_steps, micro_batch_tokens=a.micro_batch_tokens,
         padding_free=a.padding_free,
         grad_clip=a.grad_clip, gradient_checkpointing=a.gradient_checkpointing, zero_stage=a.zero_stage,
-        cpu_offload=a.cpu_offload, seed=cfg.trainer.seed)
+        cpu_offload=a.cpu_offload, sequence_parallel_size=a.sequence_parallel_size, seed=cfg.trainer.seed)
+
+
+def ref_engine_spec(cfg: R1RayConfig, actor: EngineSpec) -> EngineSpec:
+    """The reference's spec: the actor's, from `model.ref_path` when set, with its own sequence parallelism."""
+    a = cfg.actor
+    return replace(actor, model_path=cfg.model.ref_path or actor.model_path,
+                   sequence_parallel_size=a.ref_sequence_parallel_size or a.sequence_parallel_size)
 
 
 def loss_settings(cfg: R1RayConfig) -> LossSettings:
@@ -137,7 +144,7 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
     actor = ActorGroup(slots["actor"], engine_kind=cfg.actor.engine, spec=spec, loss=loss_settings(cfg),
                        startup_timeout_s=t.startup_timeout_s, collective_timeout_s=t.collective_timeout_s)
     # model.ref_path: a reference other than the policy's starting weights (e.g. the base model under an SFT'd policy).
-    ref_spec = replace(spec, model_path=cfg.model.ref_path) if cfg.model.ref_path else spec
+    ref_spec = ref_engine_spec(cfg, spec)
     ref = (RefGroup(slots["ref"], engine_kind=cfg.actor.engine, spec=ref_spec, startup_timeout_s=t.startup_timeout_s,
                     collective_timeout_s=t.collective_timeout_s) if use_ref else None)
     roles = Roles(actor, ref, build_rollout_group(cfg, slots["rollout"], placement),

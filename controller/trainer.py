@@ -495,7 +495,8 @@ class Trainer:
 
 
 def wait_for(refs_by_role: dict[str, list], timeout_s: float) -> dict[str, list]:
-    """Every role's results, with one deadline for all; fails as soon as any call fails.
+    """Every role's results, with one deadline for all; fails as soon as any call fails, with a worker's
+    death in preference to the error it caused in a peer (`_dead_peer`).
 
     Waiting for the senders first and the receivers after would report a receiver that died at once as a
     sender timing out (the sender's broadcast waits for it) only after the whole deadline.
@@ -508,8 +509,36 @@ def wait_for(refs_by_role: dict[str, list], timeout_s: float) -> dict[str, list]
             late = sorted(owner[r] for r in pending)
             raise WeightSyncError(f"weight sync: {', '.join(f'{role} rank {rank}' for role, rank in late)} did not "
                                   f"finish within {timeout_s:g}s (trainer.collective_timeout_s); see their worker logs")
-        ray.get(done)                    # raises this call's failure now
+        try:
+            ray.get(done)                # raises this call's failure now
+        except ray.exceptions.RayActorError:
+            raise
+        except Exception as exc:
+            death = _dead_peer(pending)
+            if death is not None:
+                raise death from exc
+            raise
     return {role: ray.get(refs) for role, refs in refs_by_role.items()}
+
+
+# A worker that dies in a collective shows first as its peer's error (a connection reset by the dead
+# end) a moment before Ray reports the death itself; the death is the cause worth naming.
+DEATH_GRACE_S = 5.0
+
+
+def _dead_peer(pending: list) -> ray.exceptions.RayActorError | None:
+    """The death of a worker among `pending` calls, if Ray reports one within DEATH_GRACE_S."""
+    if not pending:
+        return None
+    ready, _ = ray.wait(pending, num_returns=len(pending), timeout=DEATH_GRACE_S)
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError as death:
+            return death
+        except Exception:
+            continue
+    return None
 
 
 def config_to_yaml_redacted(cfg: R1RayConfig) -> str:

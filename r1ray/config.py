@@ -167,6 +167,11 @@ class ActorConfig:
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     zero_stage: int = _f(3, "engine=deepspeed: ZeRO stage, 2 (optimizer state and gradients sharded) or 3 (parameters too).")
     cpu_offload: bool = _f(False, "engine=deepspeed: keep optimizer state (and, at ZeRO-3, parameters) on the CPU.")
+    sequence_parallel_size: int = _f(1, "Ulysses sequence parallelism: each sequence of a micro-batch is split over this "
+                                     "many ranks of the actor's pool (attention swaps sequence for heads by all-to-all), "
+                                     "so a response S times longer fits; micro_batch_tokens stays per rank. Must "
+                                     "divide the pool's bundles and the model's attention heads.")
+    ref_sequence_parallel_size: int = _f(0, "The reference's sequence parallel size; 0: the actor's.")
     max_skipped_steps: int = _f(5, "Stop the run after this many updates in a row whose every optimizer step was "
                                 "skipped for a non-finite (NaN/inf) loss or gradient norm.")
 

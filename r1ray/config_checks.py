@@ -26,7 +26,8 @@ GROUP_ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline")
 def check_config(cfg: R1RayConfig) -> list[str]:
     problems = _choices(cfg, "")
     for rule in (_model_rules, _data_rules, _rollout_rules, _algorithm_rules, _batch_rules,
-                 _reward_rules, _optimizer_rules, _placement_rules, _engine_rules, _trainer_rules, _range_rules):
+                 _reward_rules, _optimizer_rules, _placement_rules, _engine_rules, _sequence_parallel_rules,
+                 _trainer_rules, _range_rules):
         problems += rule(cfg)
     return problems
 
@@ -297,9 +298,15 @@ def _batch_rules(cfg: R1RayConfig) -> list[str]:
                         f"x algorithm.mini_batches ({cfg.algorithm.mini_batches}); change prompts_per_step or mini_batches")
     if cfg.data.prompts_per_step % cfg.algorithm.mini_batches:
         problems.append("algorithm.mini_batches: must divide data.prompts_per_step so that groups stay whole")
-    if cfg.actor.micro_batch_tokens < cfg.rollout.max_prompt_length + cfg.rollout.max_response_length:
-        problems.append(f"actor.micro_batch_tokens: {cfg.actor.micro_batch_tokens} cannot hold one full sequence "
-                        f"({cfg.rollout.max_prompt_length + cfg.rollout.max_response_length} tokens); raise it")
+    # The budget is per rank: S ranks sharing each sequence (sequence parallelism) hold S budgets of it.
+    a = cfg.actor
+    split = max(1, min(a.sequence_parallel_size, a.ref_sequence_parallel_size or a.sequence_parallel_size))
+    longest = cfg.rollout.max_prompt_length + cfg.rollout.max_response_length
+    if a.micro_batch_tokens * split < longest:
+        per = f" x sequence parallel {split}" if split > 1 else ""
+        problems.append(f"actor.micro_batch_tokens: {a.micro_batch_tokens}{per} cannot hold one full sequence "
+                        f"({longest} tokens); raise it" + ("" if split > 1 else
+                                                          " (or split sequences: actor.sequence_parallel_size)"))
     if cfg.placement.threads_per_worker < 0:
         problems.append(f"placement.threads_per_worker: {cfg.placement.threads_per_worker} is negative; "
                         f"use 0 (automatic) or a thread count")
@@ -356,6 +363,41 @@ def _placement_rules(cfg: R1RayConfig) -> list[str]:
         problems.append(f"rollout.tensor_parallel_size: {tp} must divide the rollout pool's {per_node} devices per "
                         f"node (an engine's devices sit on one node)")
     return problems
+
+
+def _sequence_parallel_rules(cfg: R1RayConfig) -> list[str]:
+    """actor.(ref_)sequence_parallel_size: at least 1, dividing its pool's ranks and the model's heads."""
+    a = cfg.actor
+    if a.sequence_parallel_size < 1 or a.ref_sequence_parallel_size < 0:
+        return ["actor.sequence_parallel_size: must be >= 1 (1: no sequence parallelism), and "
+                "actor.ref_sequence_parallel_size >= 0 (0: the actor's)"]
+    sizes = {"actor.sequence_parallel_size": (a.sequence_parallel_size, cfg.placement.actor)}
+    if uses_reference_model(cfg):
+        sizes["actor.ref_sequence_parallel_size"] = (a.ref_sequence_parallel_size or a.sequence_parallel_size,
+                                                     cfg.placement.ref)
+    heads = model_attention_heads(cfg)
+    problems = []
+    for key, (size, pool) in sizes.items():
+        ranks = _pool_size(cfg, pool)
+        if size > 1 and ranks and ranks % size:
+            problems.append(f"{key}: {size} must divide the {ranks} ranks of pool '{pool}' (groups of {size} "
+                            f"ranks share each sequence); choose a divisor of {ranks} or resize the pool")
+        if size > 1 and heads is not None and heads % size:
+            problems.append(f"{key}: {size} must divide the model's num_attention_heads={heads} ({cfg.model.path}): "
+                            f"each rank attends with heads/{size} of them; choose a divisor of {heads}")
+    return problems
+
+
+def model_attention_heads(cfg: R1RayConfig) -> int | None:
+    """num_attention_heads from the policy's config.json, or None when there is none to read yet (the
+    engine checks again when it loads the model: `ulysses.check_heads`)."""
+    config_json = Path(cfg.model.path) / "config.json"
+    if not config_json.is_file():
+        return None
+    try:
+        return int(json.loads(config_json.read_text())["num_attention_heads"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _engine_rules(cfg: R1RayConfig) -> list[str]:

@@ -143,6 +143,7 @@ class InterruptedRun:
     out: Path
     killed_at: int                          # the step whose checkpoint was being written at the SIGKILL
     complete_after_kill: list[str]          # complete checkpoints the SIGKILL left
+    first_log: str                          # the first run's stderr (its workers' logs included)
     resumed: subprocess.CompletedProcess    # the resumed run, ended by SIGTERM
     exported: subprocess.CompletedProcess
 
@@ -151,8 +152,9 @@ class InterruptedRun:
 def interrupted(tmp_path_factory) -> InterruptedRun:
     """`actor.engine=deepspeed` (2-rank ZeRO-3 actor, ZeRO-3 reference) on the quickstart's GRPO stage,
     saving every step:
-    1. SIGKILL (no handler can run) while a checkpoint is written, after at least one complete one;
-    2. `trainer.resume=auto`, and SIGTERM (what Kubernetes sends a preempted pod) once the resumed run has
+    1. with sequence parallelism 2 (each sequence split over both ranks), SIGKILL (no handler can run)
+       while a checkpoint is written, after at least one complete one;
+    2. `trainer.resume=auto` without sequence parallelism (a checkpoint does not depend on it), and SIGTERM (what Kubernetes sends a preempted pod) once the resumed run has
        redone the killed step and trained the next: it finishes its step, writes a checkpoint and exits 143;
     3. `r1ray export` of that checkpoint."""
     if not HAS_DEEPSPEED:
@@ -168,7 +170,7 @@ def interrupted(tmp_path_factory) -> InterruptedRun:
     # Logs go to files: DeepSpeed and Ray's worker logs would fill a pipe nobody reads until the end.
     first_log = tmp / "first.stderr"
     with open(first_log, "w") as log:
-        first = subprocess.Popen(run, cwd=tmp, env=_env(), stdout=subprocess.DEVNULL, stderr=log, text=True)
+        first = subprocess.Popen([*run, "actor.sequence_parallel_size=2"], cwd=tmp, env=_env(), stdout=subprocess.DEVNULL, stderr=log, text=True)
     partial: list[Path] = []
 
     def writing_after_a_complete_one() -> bool:
@@ -207,7 +209,7 @@ def interrupted(tmp_path_factory) -> InterruptedRun:
     last = _metrics(out)[-1]["step"]
     exported = _r1ray("export", str(checkpoints / f"step_{last:06d}"), "--out", str(tmp / "exported"), cwd=tmp,
                       timeout=120)
-    return InterruptedRun(tmp, out, killed_at, complete, resumed, exported)
+    return InterruptedRun(tmp, out, killed_at, complete, first_log.read_text(), resumed, exported)
 
 
 @pytest.mark.timeout(900)
@@ -244,9 +246,12 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_143(interrupted
 @pytest.mark.timeout(900)
 def test_deepspeed_zero3_trains_through_r1ray_train_resumes_and_exports(interrupted):
     """The DeepSpeed engine end to end: every step of both runs trained (ZeRO-3 actor against a ZeRO-3
-    reference), and the checkpoint the resumed run wrote exports to a Hugging Face model with trained weights."""
+    reference; the first run sequence parallel, the resumed one not), and the checkpoint the resumed run wrote exports to a Hugging Face model with trained weights."""
     r = interrupted
     steps = _metrics(r.out)
+    # The first run split each sequence over the 2 ranks; the run resumed from its checkpoint did not.
+    split = [row["actor/sequence_parallel_size"] for row in steps]
+    assert split[:r.killed_at - 1] == [2.0] * (r.killed_at - 1) and set(split[r.killed_at - 1:]) == {1.0}
     assert all(row["actor/grad_norm"] > 0 and row["actor/skipped_steps"] == 0 for row in steps)
     assert steps[0]["actor/kl"] == pytest.approx(0.0, abs=1e-6) and steps[-1]["actor/kl"] > 0
     assert r.exported.returncode == 0, r.exported.stderr[-3000:]

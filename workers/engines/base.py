@@ -53,6 +53,7 @@ class EngineSpec:
     gradient_checkpointing: bool = _ACTOR.gradient_checkpointing
     zero_stage: int = _ACTOR.zero_stage     # deepspeed: ZeRO stage, 2 or 3
     cpu_offload: bool = _ACTOR.cpu_offload  # deepspeed: optimizer state (and ZeRO-3 parameters) on the CPU
+    sequence_parallel_size: int = _ACTOR.sequence_parallel_size   # S ranks share each sequence (Ulysses)
     seed: int = 0
 
 

@@ -106,6 +106,7 @@ class DeepSpeedEngine(MicroBatchedEngine):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not s.trainable:
             model.requires_grad_(False)
+        self.init_sequence_parallel(model)
         params = [p for p in model.parameters() if p.requires_grad] if s.trainable else None
         # The process group exists already (`Worker.init_distributed`): DeepSpeed wraps it, starts none.
         engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=config,

@@ -36,6 +36,7 @@ class FSDP2Engine(MicroBatchedEngine):
         self.spec = spec
         self.device = device
         self.model = self._build_model()
+        self.init_sequence_parallel(self.model)
         self.packing = use_packing(spec.padding_free, spec.attn_implementation)
         self.optimizer = self._build_optimizer() if spec.trainable else None
         self.scheduler = self._build_scheduler() if self.optimizer else None

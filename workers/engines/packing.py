@@ -189,8 +189,13 @@ def forward_response(model: torch.nn.Module, packed: PackedInputs | PaddedInputs
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             ent = token_entropy(logits, temperature)
-    width = packed.width
-    mask = length_mask(packed.response_lens, width).to(device).bool()
+    return response_matrices(logp, ent, packed, device)
+
+
+def response_matrices(logp: Tensor, ent: Tensor | None, packed: PackedInputs | PaddedInputs,
+                      device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """(K,) values in the order of `packed.targets` -> (B, R) matrices, zero past each response."""
+    mask = length_mask(packed.response_lens, packed.width).to(device).bool()
     logp_mat = torch.zeros(mask.shape, dtype=logp.dtype, device=device).masked_scatter(mask, logp)
     ent_mat = None
     if ent is not None:
