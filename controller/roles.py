@@ -126,6 +126,12 @@ def colocated(placement: Placement) -> bool:
     return placement.roles["rollout"] == placement.roles["actor"]
 
 
+def ref_colocated(placement: Placement) -> bool:
+    """The reference shares the rollout's devices: it holds them only for its own pass. (vLLM maps its
+    whole KV cache at each wake, sized when the devices were empty.)"""
+    return placement.roles.get("ref") == placement.roles["rollout"]
+
+
 def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
     """Reserve resources, start every group, build engines, and connect the weight-sync group."""
     use_ref = uses_reference_model(cfg)      # KL can be non-zero at some step
@@ -155,6 +161,8 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
         setup_groups([roles.rollout], t.startup_timeout_s)
         roles.rollout.sleep()
         setup_groups([g for g in (actor, ref, roles.reward) if g is not None], t.startup_timeout_s)
+        if ref is not None and ref_colocated(placement):
+            ref.offload()                # onloaded for its pass only (`Trainer.with_logprobs`)
     else:
         setup_groups(roles.all(), t.startup_timeout_s)
     connect_weight_sync(roles, cfg, placement)

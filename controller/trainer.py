@@ -36,7 +36,7 @@ from r1ray.controller.evaluate import evaluate_dataset, training_eval_sampling
 from r1ray.controller.inference import correct_flags
 from r1ray.controller.metrics import StageTimer, mean_over_ranks, rollout_metrics, staleness_metrics, throughput
 from r1ray.controller.ray_cluster import connect_for
-from r1ray.controller.roles import Roles, build_roles, colocated
+from r1ray.controller.roles import Roles, build_roles, colocated, ref_colocated
 from r1ray.controller.run_setup import Datasets, build_datasets, prepare_files, prompt_batch
 from r1ray.controller.schedule import groups_unit, response_budget
 from r1ray.controller.tracking import Trackers
@@ -398,11 +398,18 @@ class Trainer:
         cfg, roles = self.cfg, self.roles
         view = logprob_view(rollout)
         temp = cfg.rollout.temperature
+        cycle_ref = roles.ref is not None and ref_colocated(self.placement)
+        if cycle_ref:
+            roles.ref.onload()
         ref_refs = roles.ref.compute_logprobs_async(view, temp) if roles.ref else None
         ref_lp = None
         if ref_refs and self.placement.roles["ref"] == self.placement.roles["actor"]:
             # Reference and actor on the same devices: one forward pass at a time, not two at once.
             ref_lp = torch.cat(ray.get(ref_refs))
+        if cycle_ref:
+            if ref_lp is None:
+                ref_lp = torch.cat(ray.get(ref_refs))
+            roles.ref.offload()
         old_lp = None
         if cfg.algorithm.ppo_epochs > 1 or cfg.algorithm.mini_batches > 1:
             if self.colocated:

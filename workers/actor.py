@@ -23,7 +23,6 @@ class ActorWorker(PolicyWorker):
         super().__init__(role, rank, world_size, engine_kind, spec)
         self.loss = loss
         self.sync: SyncGroup | None = None
-        self.offloaded = False
 
     def update(self, batch: TrainBatch, *, temperature: float, kl_coef: float, mini_batches: int,
                ppo_epochs: int) -> dict[str, float]:
@@ -81,20 +80,6 @@ class ActorWorker(PolicyWorker):
         Tests compare it with the rollout engines' and the exported weights."""
         weights = {name: tensor.cpu().clone() for name, tensor in self.engine.named_full_weights()}
         return weights if self.rank == 0 else None
-
-    def onload(self) -> None:
-        """Bring weights and optimizer state back to the device (colocated); a no-op when already there."""
-        self._record("onload")
-        if self.offloaded:
-            self.engine.onload()
-            self.offloaded = False
-
-    def offload(self) -> None:
-        """Free the device for the rollout engines on the same devices (colocated)."""
-        self._record("offload")
-        if not self.offloaded:
-            self.engine.offload()
-            self.offloaded = True
 
     def save(self, path: str) -> None:
         target = Path(path)

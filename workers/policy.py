@@ -17,6 +17,7 @@ class PolicyWorker(Worker):
         self.engine_kind = engine_kind
         self.spec = spec
         self.engine: TrainEngine | None = None
+        self.offloaded = False
 
     def setup(self) -> None:
         self.engine = build_train_engine(self.engine_kind, self.spec, self.device)
@@ -25,3 +26,18 @@ class PolicyWorker(Worker):
         """(b, R) logprobs of this rank's share of the batch, no grad."""
         logprobs, _ = self.engine.forward_logprobs(batch, temperature)
         return logprobs
+
+    def onload(self) -> None:
+        """Bring weights (and the actor's optimizer state) back to the device (colocated); a no-op when
+        already there."""
+        self._record("onload")
+        if self.offloaded:
+            self.engine.onload()
+            self.offloaded = False
+
+    def offload(self) -> None:
+        """Free the device for the rollout engines on the same devices (colocated)."""
+        self._record("offload")
+        if not self.offloaded:
+            self.engine.offload()
+            self.offloaded = True

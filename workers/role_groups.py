@@ -148,6 +148,12 @@ class PolicyGroup(WorkerGroup):
     def compute_logprobs_async(self, batch: TrainBatch, temperature: float) -> list[ray.ObjectRef]:
         return self._scatter_async("compute_logprobs", batch, even=False, temperature=temperature)
 
+    def onload(self) -> None:
+        self._call("onload")
+
+    def offload(self) -> None:
+        self._call("offload")
+
 
 class RefGroup(PolicyGroup):
     def __init__(self, slots: Sequence[WorkerSlot], *, engine_kind: str, spec: EngineSpec, startup_timeout_s: float,
@@ -184,12 +190,6 @@ class ActorGroup(PolicyGroup):
     def send_weights_async(self, manifest: Manifest) -> list[ray.ObjectRef]:
         """Every rank gathers (a collective); rank 0's ref carries the sent fingerprints."""
         return self._call_async("send_weights", manifest)
-
-    def onload(self) -> None:
-        self._call("onload")
-
-    def offload(self) -> None:
-        self._call("offload")
 
     def full_weights(self) -> dict[str, Any]:
         return self._call("full_weights")[0]

@@ -4,7 +4,8 @@
 - one GPU: FSDP2 over a `cpu:gloo,cuda:nccl` default group with the colocated actor/reference/HF rollout
   (the sync goes through CUDA IPC: NCCL refuses two ranks on one GPU), sdpa and flash-attention;
   vLLM (CUDA build) generation with sleep mode level 2 and the weight sync into a woken engine;
-- two GPUs: the NCCL weight sync between an actor GPU and an engine GPU, and a vLLM engine with TP=2.
+- two GPUs: the NCCL weight sync between an actor GPU and an engine GPU, a vLLM engine with TP=2, and
+  sequence parallelism (Ulysses all-to-alls over NCCL, sdpa and flash-attention).
 """
 
 from __future__ import annotations
@@ -115,3 +116,21 @@ def test_vllm_tp2_engine_receives_the_nccl_sync(gpu_cluster, small_config, tmp_p
                        "model.dtype=bfloat16", "trainer.total_steps=2")
     metrics = _run_steps(cfg)
     assert metrics[-1]["rollout/logprob_gap"] < 0.1
+
+
+@pytest.mark.skipif(GPUS < 2, reason="sequence parallelism needs two ranks, one GPU each")
+@pytest.mark.parametrize("attn", ["sdpa", "flash_attention_2"])
+def test_sequence_parallel_over_two_gpus(gpu_cluster, small_config, tmp_path, attn):
+    """Ulysses over NCCL: the all-to-alls of a 2-rank FSDP2 actor and reference (one GPU each) around
+    sdpa (padded rows) and flash-attention (packed rows, varlen), colocated with two HF rollout engines
+    (the CUDA IPC sync)."""
+    if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        pytest.skip("flash-attn is not installed")
+    two = ["nodes=1", "devices_per_node=2", "device=gpu", "cpus_per_bundle=1"]
+    cfg = small_config(tmp_path, *[f"placement.pools.g.{kv}" for kv in two], "placement.actor=g", "placement.ref=g",
+                       "placement.rollout=g", "placement.reward=default", "model.dtype=bfloat16",
+                       f"model.attn_implementation={attn}", "algorithm.kl_placement=loss",
+                       "actor.sequence_parallel_size=2", "trainer.total_steps=2")
+    metrics = _run_steps(cfg)
+    assert all(m["actor/grad_norm"] > 0 and m["actor/sequence_parallel_size"] == 2.0 for m in metrics)
+    assert metrics[-1]["rollout/logprob_gap"] < 1.0
