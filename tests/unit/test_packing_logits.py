@@ -236,3 +236,27 @@ def test_use_packing_only_with_a_varlen_kernel() -> None:
     assert packing.use_packing("auto", "flash_attention_2")
     assert not packing.use_packing("auto", "sdpa") and not packing.use_packing("auto", "eager")
     assert packing.use_packing("on", "sdpa") and not packing.use_packing("off", "flash_attention_2")
+
+
+def test_the_scoring_head_keeps_no_logits_for_the_backward(monkeypatch) -> None:
+    """A plain forward keeps the (K, V) logits for the backward (10 GB in bf16 for 32k response tokens of a
+    152k vocabulary); under the scoring head only hidden states are kept, and each chunk's logits are
+    recomputed in its backward. Seen through every tensor autograd saves outside the checkpoints."""
+    vocab = 499                                   # no other dimension of the model has this size
+    config = Qwen2Config(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    model = Qwen2ForCausalLM(config)
+    monkeypatch.setattr(packing, "LOGITS_CHUNK_TOKENS", 4)
+    packed = _packed()
+
+    def saved_shapes(fn) -> list[tuple[int, ...]]:
+        shapes: list[tuple[int, ...]] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+            fn()
+        return shapes
+
+    plain = saved_shapes(lambda: model(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                                       logits_to_keep=packed.keep, use_cache=False).logits.float().log_softmax(-1))
+    assert any(vocab in shape for shape in plain)                    # the check can see logits
+    scored = saved_shapes(lambda: forward_response(model, packed, torch.device("cpu"), 0.7, True, True))
+    assert scored and not any(vocab in shape for shape in scored), scored

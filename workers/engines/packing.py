@@ -8,16 +8,20 @@ Two layouts of a micro-batch, one result ((b, R) logprobs of the response tokens
 - padded (`pad_for_forward`): prompts left-padded to the micro-batch's longest prompt, responses
   right-padded to its longest response, so every response starts in the same column. The engine cuts
   micro-batches from rows of similar length (`padded_chunks`), so little is padding.
-`use_packing` picks one from the attention kernel. Either way the logits are computed only at positions
+`use_packing` picks one from the attention kernel. Either way the output layer runs only at positions
 that predict response tokens (`logits_to_keep` as an index tensor), which keeps the (S, vocab) logits of
-long prompts out of memory, and logprobs and entropy upcast those logits to float32 a chunk of tokens at a
-time (`LOGITS_CHUNK_TOKENS`), never all at once.
+long prompts out of memory, and while the engine's forward runs it scores instead of returning logits
+(`scoring_head`): `LOGITS_CHUNK_TOKENS` positions at a time it computes their logits, upcasts them to
+float32 and returns logprob and entropy, each chunk one checkpointed function from hidden states to
+scores, so no (tokens, vocab) logits tensor is ever whole or kept for the backward.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from functools import partial
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -25,9 +29,11 @@ from torch.utils.checkpoint import checkpoint
 
 from r1ray.protocol import length_mask, unpack
 
-# Response tokens per float32 upcast of the logits: 4096 x 152k vocab is 2.5 GB, transient per chunk,
-# where the whole upcast of a 16k-token micro-batch would be 10 GB, kept for the backward.
-LOGITS_CHUNK_TOKENS = 4096
+# Response tokens per chunk of the scoring head. A chunk's float32 logits (1024 x 152k vocab = 0.6 GB) and
+# the few tensors of the same size its softmax makes exist only while it is scored, and again while its
+# backward recomputes it. Unchunked, the bf16 logits of a 32k-token micro-batch (10 GB) would be kept for
+# the backward and each of those temporaries would be 20 GB.
+LOGITS_CHUNK_TOKENS = 1024
 
 
 # Attention kernels whose Hugging Face integration runs packed rows (restarting position ids) as
@@ -51,8 +57,13 @@ class PackedInputs:
     response_lens: Tensor    # (B,) int64
     width: int               # R of the (B, R) outputs
 
+    def head_targets(self) -> Tensor:
+        """(1, K): the target of each position the output layer sees."""
+        return self.targets[None, :]
+
     def logits(self, model: torch.nn.Module, device: torch.device) -> Tensor:
-        """(K, V) logits, compute dtype, in the order of `targets`."""
+        """(K, ...) the output layer's result at the kept positions, in the order of `targets`: logits
+        (K, V), or (K, 2) scores under `scoring_head`."""
         out = model(input_ids=self.input_ids.to(device), position_ids=self.position_ids.to(device),
                     logits_to_keep=self.keep.to(device), use_cache=False)
         return out.logits[0]
@@ -68,8 +79,16 @@ class PaddedInputs:
     response_lens: Tensor    # (b,) int64
     width: int               # R of the (b, R) outputs (>= Rm, the micro-batch's longest response)
 
+    def head_targets(self) -> Tensor:
+        """(b, Rm): the target of each position the output layer sees (0 past a row's response)."""
+        longest = int(self.response_lens.max()) if len(self.response_lens) else 0
+        out = torch.zeros(len(self.response_lens), longest, dtype=torch.int64)
+        out[length_mask(self.response_lens, longest).bool()] = self.targets
+        return out
+
     def logits(self, model: torch.nn.Module, device: torch.device) -> Tensor:
-        """(K, V) logits at the real response positions (row-major), compute dtype."""
+        """(K, ...) the output layer's result at the real response positions (row-major): logits (K, V),
+        or (K, 2) scores under `scoring_head`."""
         longest = int(self.response_lens.max()) if len(self.response_lens) else 0
         # Column P - 1 + j predicts response token j: the same columns for every row.
         keep = torch.arange(self.prompt_width - 1, self.prompt_width - 1 + longest, device=device)
@@ -183,13 +202,73 @@ def forward_response(model: torch.nn.Module, packed: PackedInputs | PaddedInputs
     Entropy carries gradients only with `entropy_grad` (an entropy bonus in the loss); as a metric it is
     computed without them, so its softmax is never part of the backward graph.
     """
-    logits = packed.logits(model, device)                      # (K, V), compute dtype
-    logp = token_logprobs(logits, packed.targets.to(device), temperature)
-    ent = None
-    if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            ent = token_entropy(logits, temperature)
-    return response_matrices(logp, ent, packed, device)
+    with scoring_head(model, packed.head_targets().to(device), temperature, with_entropy, entropy_grad):
+        scores = packed.logits(model, device)                  # (K, 2) float32
+    return response_matrices(*split_scores(scores, with_entropy, entropy_grad), packed, device)
+
+
+def split_scores(scores: Tensor, with_entropy: bool, entropy_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """(K, 2) scores -> logprobs (K,), entropy (K,) or None; the entropy leaves the graph unless it is a
+    loss term (`entropy_grad`), so a metric never holds on to the backward."""
+    ent = scores[:, 1] if with_entropy else None
+    if ent is not None and not entropy_grad:
+        ent = ent.detach()
+    return scores[:, 0], ent
+
+
+def output_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model's output layer (lm_head), also inside a DeepSpeed engine (`.module`)."""
+    return getattr(model, "module", model).get_output_embeddings()
+
+
+@contextmanager
+def scoring_head(model: torch.nn.Module, targets: Tensor, temperature: float, with_entropy: bool,
+                 entropy_grad: bool) -> Iterator[None]:
+    """While active, the model's output layer returns (..., 2) = (log p(target), entropy) in float32 at
+    every position of its input, `targets` giving each position's target (the input's leading shape),
+    instead of (..., V) logits. Entropy is 0 without `with_entropy`, and carries gradients only with
+    `entropy_grad`.
+
+    Only the layer's `forward` is swapped, on the instance: its parameters, their names and the hooks
+    FSDP2 and DeepSpeed hang on the module stay as they are. Each chunk's backward recomputes its logits
+    from the hidden states it saved, reading the weight again then, when the engines have gathered it
+    for the backward.
+    """
+    head = output_layer(model)
+
+    def score(hidden: Tensor) -> Tensor:
+        return _score_positions(head, hidden, targets.to(hidden.device), temperature, with_entropy, entropy_grad)
+
+    head.forward = score
+    try:
+        yield
+    finally:
+        del head.forward
+
+
+def _score_positions(head: torch.nn.Module, hidden: Tensor, targets: Tensor, temperature: float,
+                     with_entropy: bool, entropy_grad: bool) -> Tensor:
+    """(..., D) hidden states, (...) targets -> (..., 2) scores, `LOGITS_CHUNK_TOKENS` rows at a time."""
+    flat, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    grad = torch.is_grad_enabled() and (flat.requires_grad or head.weight.requires_grad)
+    fn = partial(_score_chunk, head, temperature, with_entropy, entropy_grad)
+    parts = []
+    for pieces in zip(flat.split(LOGITS_CHUNK_TOKENS), flat_targets.split(LOGITS_CHUNK_TOKENS)):
+        parts.append(checkpoint(fn, *pieces, use_reentrant=False, preserve_rng_state=False) if grad else fn(*pieces))
+    scores = torch.cat(parts) if parts else torch.zeros(0, 2)
+    return scores.reshape(*hidden.shape[:-1], 2)
+
+
+def _score_chunk(head: torch.nn.Module, temperature: float, with_entropy: bool, entropy_grad: bool,
+                 hidden: Tensor, targets: Tensor) -> Tensor:
+    """(k, D), (k,) -> (k, 2) float32: the chunk's logits exist only inside this function."""
+    logits = torch.nn.functional.linear(hidden, head.weight, head.bias)
+    logp = _chunk_logprobs(logits, targets, temperature)
+    if not with_entropy:
+        return torch.stack([logp, torch.zeros_like(logp)], dim=-1)
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        ent = _chunk_entropy(logits, temperature)
+    return torch.stack([logp, ent], dim=-1)
 
 
 def response_matrices(logp: Tensor, ent: Tensor | None, packed: PackedInputs | PaddedInputs,

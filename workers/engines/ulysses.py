@@ -12,8 +12,8 @@ whole on every rank, and the target of each kept column comes from the unsplit r
 a shard is scored against the first token of the next shard. A shift inside each shard gets that one
 label wrong per boundary and crashes nothing (verl #6068).
 
-Logprobs and entropy are computed on each rank's own columns and gathered over the group in row-major
-order. Every rank of the group then computes the same loss from the same gathered values, so the
+Logprobs and entropy are computed on each rank's own columns (by the scoring head of `packing.py`) and
+gathered over the group in row-major order. Every rank of the group then computes the same loss from the same gathered values, so the
 gather's backward keeps only the rank's own slice: the gradient reaches each column exactly once.
 
 Gradients stay exact without rescaling. FSDP2 and DeepSpeed average gradients over all W ranks, and the
@@ -35,8 +35,8 @@ import torch.distributed._functional_collectives as funcol
 from torch import Tensor
 
 from r1ray.protocol import TrainBatch, concat_batches
-from r1ray.workers.engines.packing import (PackedInputs, PaddedInputs, response_matrices, token_entropy,
-                                          token_logprobs)
+from r1ray.workers.engines.packing import (PackedInputs, PaddedInputs, response_matrices, scoring_head,
+                                          split_scores)
 
 # The name under which the Ulysses wrapper is registered in transformers' AttentionInterface. A model
 # whose config names it gets no mask from the model (transformers builds masks only for its own kernels);
@@ -264,11 +264,12 @@ def forward_response_sp(model: torch.nn.Module, inputs: PackedInputs | PaddedInp
     columns = kept.any(0).nonzero().squeeze(1)                           # columns any row keeps
     ctx = ShardContext(sp=sp, inner=inner, position_ids=whole.position_ids.to(device),
                        attention_mask=whole.attention_mask.to(device) if whole.attention_mask is not None else None)
-    out = model(input_ids=whole.input_ids[:, mine].to(device), position_ids=whole.position_ids[:, mine].to(device),
-                logits_to_keep=columns.to(device), use_cache=False, **{CONTEXT_KWARG: ctx})
-    select = kept[:, columns].to(device)                                 # (b, kept columns)
-    logits = out.logits[select]                                          # (k, V) row-major in my columns
-    targets = whole.targets[:, mine][:, columns][kept[:, columns]].to(device)
+    targets = whole.targets[:, mine][:, columns].to(device)             # (b, kept columns)
+    with scoring_head(model, targets, temperature, with_entropy, entropy_grad):
+        out = model(input_ids=whole.input_ids[:, mine].to(device),
+                    position_ids=whole.position_ids[:, mine].to(device), logits_to_keep=columns.to(device),
+                    use_cache=False, **{CONTEXT_KWARG: ctx})
+    scores = out.logits[kept[:, columns].to(device)]                     # (k, 2) row-major in my columns
     # Gathered pieces come shard by shard; `order` maps them back to the row-major order of all kept columns.
     counts = [int(whole.kept[:, j * width:(j + 1) * width].sum()) for j in range(sp.size)]
     index = torch.zeros(whole.kept.shape, dtype=torch.int64)
@@ -276,11 +277,9 @@ def forward_response_sp(model: torch.nn.Module, inputs: PackedInputs | PaddedInp
     order = torch.cat([index[:, j * width:(j + 1) * width][whole.kept[:, j * width:(j + 1) * width]]
                        for j in range(sp.size)])
     back = torch.argsort(order).to(device)
-    logp = _GatherPieces.apply(token_logprobs(logits, targets, temperature), counts, sp)[back]
-    ent = None
-    if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            ent = _GatherPieces.apply(token_entropy(logits, temperature), counts, sp)[back]
+    logp, ent = split_scores(scores, with_entropy, entropy_grad)
+    logp = _GatherPieces.apply(logp, counts, sp)[back]
+    ent = _GatherPieces.apply(ent, counts, sp)[back] if ent is not None else None
     return response_matrices(logp, ent, inputs, device)
 
 
