@@ -140,12 +140,10 @@ class SyncGroup:
         self.exchanged += 1
         try:
             if self.rank != 0:
-                received = pickle.loads(self.store.get(key)).to(self.device).clone()
+                received = _open_bucket(self.store.get(key), self.device).clone()
                 self.store.add(key + "/acks", 1)
                 return received
-            if flat.device.type == "cpu":
-                flat.share_memory_()
-            self.store.set(key, bytes(ForkingPickler.dumps(flat)))
+            self.store.set(key, _publish_bucket(flat))
             deadline = time.monotonic() + self.spec.timeout_s
             while self.store.add(key + "/acks", 0) < self.spec.world_size - 1:
                 if time.monotonic() > deadline:
@@ -199,6 +197,43 @@ class SyncGroup:
         if shutdown is not None:
             shutdown()
         self.pg = None
+
+
+def _publish_bucket(flat: Tensor) -> bytes:
+    """An "ipc" bucket as bytes for the store: host memory by file name, or a CUDA tensor's IPC handle with
+    the UUID of the GPU it lives on (the receiver may number that GPU differently: a vLLM TP worker sees
+    every GPU of its engine, the actor only its own)."""
+    if flat.device.type == "cpu":
+        flat.share_memory_()
+        return pickle.dumps(("host", bytes(ForkingPickler.dumps(flat))))
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    _, args = reduce_tensor(flat)
+    return pickle.dumps(("cuda", _gpu_uuid(flat.device), args))
+
+
+def _open_bucket(payload: bytes, device: torch.device) -> Tensor:
+    """Inverse of `_publish_bucket` in the receiving process; a CUDA handle is opened on this process's own
+    index of the sender's GPU, and a pair on two GPUs is refused (a handle opens only where it was made)."""
+    kind, *rest = pickle.loads(payload)
+    if kind == "host":
+        return pickle.loads(rest[0]).to(device)
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    uuid, args = rest
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    mine = _gpu_uuid(torch.device("cuda", index))
+    if uuid != mine:
+        raise WeightSyncError(f"colocated weight sync between two GPUs: the bucket is on GPU {uuid}, this "
+                              f"receiver on GPU {mine} (cuda:{index}); an \"ipc\" pair must share its GPU")
+    args = list(args)
+    args[6] = index                 # reduce_tensor's device index is the sender's numbering of the GPU
+    return rebuild_cuda_tensor(*args)
+
+
+def _gpu_uuid(device: torch.device) -> str:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return str(torch.cuda.get_device_properties(index).uuid)
 
 
 def _make_process_group(backend: str, store: dist.Store, rank: int, world: int, timeout: timedelta):

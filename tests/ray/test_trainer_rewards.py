@@ -49,21 +49,24 @@ def test_dynamic_sampling_filters_groups_before_the_reference_pass(ray_cluster, 
 
 def test_model_ref_path_loads_another_reference(ray_cluster, small_config, tmp_path):
     """model.ref_path: the reference is another checkpoint (here the tiny model built with another seed), so
-    the KL at the very first update is no longer zero."""
+    the KL at the very first update is no longer zero. The rollout engines share the reference's (and the
+    actor's) devices: the reference leaves them once built and holds them only for its pass of a step."""
     from r1ray.models import build_tiny_model
 
     # The session's tiny model (tests/conftest.py TINY), from another seed.
     other = build_tiny_model(tmp_path / "other", hidden=32, layers=2, heads=4, kv_heads=2,
                              max_position_embeddings=256, seed=1)
     cfg = small_config(tmp_path / "out", *[o for o in FILTERING if "dynamic_sampling" not in o],
-                       f"model.ref_path={other}")
+                       f"model.ref_path={other}", "placement.rollout=train")
     trainer = Trainer(cfg)
     trainer._build()
     try:
         metrics = trainer.step(1)
+        ref = trainer.roles.ref.lifecycle()
     finally:
         trainer.roles.shutdown()
     assert metrics["actor/kl"] > 0.01 and metrics["actor/grad_norm"] > 0
+    assert ref and all(rank == ["offload", "onload", "offload"] for rank in ref), ref   # per rank, one step
 
 
 def test_no_reference_model_when_the_kl_coefficient_is_zero(ray_cluster, small_config, tmp_path):
