@@ -52,12 +52,13 @@ def _case(design: str, vocab: int, tokens: int, hidden: int, layers: int, repeat
 
     with PeakRSS() as rss:
         step()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - start)
-    out[design] = (rss.grown / 2**30, best)
+    out[design] = (rss.grown / 2**30, min(_seconds(step) for _ in range(repeats)))
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def measure(design: str, *args) -> tuple[float, float]:

@@ -114,11 +114,14 @@ def _packed(width: int = 6):
     return pack_for_forward(tokens, cu, prompt_lens, width)
 
 
+@pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("entropy_grad", [False, True])
-def test_forward_response_equals_plain_logits_and_grads(tiny_lm, monkeypatch, entropy_grad: bool) -> None:
-    """Through a real lm_head, with chunks smaller than the response tokens: the same values and
-    parameter gradients as the whole logits matrix of a plain forward."""
+def test_forward_response_equals_plain_logits_and_grads(tiny_lm, monkeypatch, entropy_grad: bool,
+                                                        recompute: bool) -> None:
+    """Through a real lm_head, with chunks smaller than the response tokens, logits kept or recomputed in
+    the backward: the same values and parameter gradients as the whole logits matrix of a plain forward."""
     monkeypatch.setattr(packing, "LOGITS_CHUNK_TOKENS", 4)
+    monkeypatch.setattr(packing, "LOGITS_RECOMPUTE_BYTES", 0 if recompute else 2**40)
     packed = _packed()
     temperature = 0.7
 
@@ -247,6 +250,7 @@ def test_the_scoring_head_keeps_no_logits_for_the_backward(monkeypatch) -> None:
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
     model = Qwen2ForCausalLM(config)
     monkeypatch.setattr(packing, "LOGITS_CHUNK_TOKENS", 4)
+    monkeypatch.setattr(packing, "LOGITS_RECOMPUTE_BYTES", 0)     # as for a real vocabulary
     packed = _packed()
 
     def saved_shapes(fn) -> list[tuple[int, ...]]:
@@ -260,3 +264,18 @@ def test_the_scoring_head_keeps_no_logits_for_the_backward(monkeypatch) -> None:
     assert any(vocab in shape for shape in plain)                    # the check can see logits
     scored = saved_shapes(lambda: forward_response(model, packed, torch.device("cpu"), 0.7, True, True))
     assert scored and not any(vocab in shape for shape in scored), scored
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_a_micro_batch_without_response_tokens_still_backpropagates(tiny_lm, monkeypatch, recompute: bool) -> None:
+    """Sequences that are all prompt: no position is scored, yet the result stays in the graph, so the
+    rank joins the backward's collectives (FSDP2's reduce-scatter, Ulysses' all-to-alls)."""
+    monkeypatch.setattr(packing, "LOGITS_RECOMPUTE_BYTES", 0 if recompute else 2**40)
+    tokens, cu = pack([[1, 2, 3], [4, 5]])
+    inputs = pack_for_forward(tokens, cu, torch.tensor([3, 2]), 1)
+    tiny_lm.zero_grad(set_to_none=True)
+    logp, _ = forward_response(tiny_lm, inputs, torch.device("cpu"), 1.0, with_entropy=False)
+    assert logp.shape == (2, 1) and logp.grad_fn is not None
+    logp.sum().backward()
+    assert tiny_lm.get_input_embeddings().weight.grad is not None
+

@@ -13,7 +13,8 @@ that predict response tokens (`logits_to_keep` as an index tensor), which keeps 
 long prompts out of memory, and while the engine's forward runs it scores instead of returning logits
 (`scoring_head`): `LOGITS_CHUNK_TOKENS` positions at a time it computes their logits, upcasts them to
 float32 and returns logprob and entropy, each chunk one checkpointed function from hidden states to
-scores, so no (tokens, vocab) logits tensor is ever whole or kept for the backward.
+scores, so no (tokens, vocab) logits tensor is ever whole or kept for the backward (unless it is small:
+`LOGITS_RECOMPUTE_BYTES`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from r1ray.protocol import length_mask, unpack
 # backward recomputes it. Unchunked, the bf16 logits of a 32k-token micro-batch (10 GB) would be kept for
 # the backward and each of those temporaries would be 20 GB.
 LOGITS_CHUNK_TOKENS = 1024
+# Float32 logits of a whole micro-batch below this size are kept for the backward instead of recomputed:
+# for small vocabularies or short responses the memory is nothing and the output layer's recomputation
+# would cost about 5% of an update (bench/grpo_step.py, n=16 x 8 prompts, 96 tokens).
+LOGITS_RECOMPUTE_BYTES = 256 * 2**20
 
 
 # Attention kernels whose Hugging Face integration runs packed rows (restarting position ids) as
@@ -57,9 +62,9 @@ class PackedInputs:
     response_lens: Tensor    # (B,) int64
     width: int               # R of the (B, R) outputs
 
-    def head_targets(self) -> Tensor:
-        """(1, K): the target of each position the output layer sees."""
-        return self.targets[None, :]
+    def head_targets(self) -> tuple[Tensor, Tensor | None]:
+        """(1, K) the target of each position the output layer sees; None: every position is scored."""
+        return self.targets[None, :], None
 
     def logits(self, model: torch.nn.Module, device: torch.device) -> Tensor:
         """(K, ...) the output layer's result at the kept positions, in the order of `targets`: logits
@@ -79,12 +84,14 @@ class PaddedInputs:
     response_lens: Tensor    # (b,) int64
     width: int               # R of the (b, R) outputs (>= Rm, the micro-batch's longest response)
 
-    def head_targets(self) -> Tensor:
-        """(b, Rm): the target of each position the output layer sees (0 past a row's response)."""
+    def head_targets(self) -> tuple[Tensor, Tensor | None]:
+        """(b, Rm) the target of each position the output layer sees, and which of them to score (the
+        columns past a shorter row's response are padding)."""
         longest = int(self.response_lens.max()) if len(self.response_lens) else 0
-        out = torch.zeros(len(self.response_lens), longest, dtype=torch.int64)
-        out[length_mask(self.response_lens, longest).bool()] = self.targets
-        return out
+        select = length_mask(self.response_lens, longest).bool()
+        out = torch.zeros(select.shape, dtype=torch.int64)
+        out[select] = self.targets
+        return out, select
 
     def logits(self, model: torch.nn.Module, device: torch.device) -> Tensor:
         """(K, ...) the output layer's result at the real response positions (row-major): logits (K, V),
@@ -202,7 +209,9 @@ def forward_response(model: torch.nn.Module, packed: PackedInputs | PaddedInputs
     Entropy carries gradients only with `entropy_grad` (an entropy bonus in the loss); as a metric it is
     computed without them, so its softmax is never part of the backward graph.
     """
-    with scoring_head(model, packed.head_targets().to(device), temperature, with_entropy, entropy_grad):
+    targets, select = packed.head_targets()
+    with scoring_head(model, targets.to(device), temperature, with_entropy, entropy_grad,
+                      select.to(device) if select is not None else None):
         scores = packed.logits(model, device)                  # (K, 2) float32
     return response_matrices(*split_scores(scores, with_entropy, entropy_grad), packed, device)
 
@@ -223,11 +232,11 @@ def output_layer(model: torch.nn.Module) -> torch.nn.Module:
 
 @contextmanager
 def scoring_head(model: torch.nn.Module, targets: Tensor, temperature: float, with_entropy: bool,
-                 entropy_grad: bool) -> Iterator[None]:
+                 entropy_grad: bool, select: Tensor | None = None) -> Iterator[None]:
     """While active, the model's output layer returns (..., 2) = (log p(target), entropy) in float32 at
-    every position of its input, `targets` giving each position's target (the input's leading shape),
-    instead of (..., V) logits. Entropy is 0 without `with_entropy`, and carries gradients only with
-    `entropy_grad`.
+    the positions of its input that `select` keeps (all when None; zeros elsewhere), `targets` giving each
+    position's target (both the input's leading shape), instead of (..., V) logits. Entropy is 0 without
+    `with_entropy`, and carries gradients only with `entropy_grad`.
 
     Only the layer's `forward` is swapped, on the instance: its parameters, their names and the hooks
     FSDP2 and DeepSpeed hang on the module stay as they are. Each chunk's backward recomputes its logits
@@ -237,7 +246,15 @@ def scoring_head(model: torch.nn.Module, targets: Tensor, temperature: float, wi
     head = output_layer(model)
 
     def score(hidden: Tensor) -> Tensor:
-        return _score_positions(head, hidden, targets.to(hidden.device), temperature, with_entropy, entropy_grad)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        if select is None:
+            scores = _score_positions(head, flat, targets.reshape(-1), temperature, with_entropy, entropy_grad)
+            return scores.reshape(*hidden.shape[:-1], 2)
+        keep = select.reshape(-1)
+        scores = _score_positions(head, flat[keep], targets.reshape(-1)[keep], temperature, with_entropy,
+                                  entropy_grad)
+        out = torch.zeros(len(keep), 2, dtype=scores.dtype, device=scores.device)
+        return out.masked_scatter(keep[:, None], scores).reshape(*hidden.shape[:-1], 2)
 
     head.forward = score
     try:
@@ -246,17 +263,19 @@ def scoring_head(model: torch.nn.Module, targets: Tensor, temperature: float, wi
         del head.forward
 
 
-def _score_positions(head: torch.nn.Module, hidden: Tensor, targets: Tensor, temperature: float,
+def _score_positions(head: torch.nn.Module, flat: Tensor, flat_targets: Tensor, temperature: float,
                      with_entropy: bool, entropy_grad: bool) -> Tensor:
-    """(..., D) hidden states, (...) targets -> (..., 2) scores, `LOGITS_CHUNK_TOKENS` rows at a time."""
-    flat, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    """(N, D) hidden states, (N,) targets -> (N, 2) scores, `LOGITS_CHUNK_TOKENS` rows at a time."""
     grad = torch.is_grad_enabled() and (flat.requires_grad or head.weight.requires_grad)
+    recompute = grad and flat.shape[0] * head.weight.shape[0] * 4 > LOGITS_RECOMPUTE_BYTES
     fn = partial(_score_chunk, head, temperature, with_entropy, entropy_grad)
     parts = []
+    # An empty input still splits into one empty chunk, so the scores stay in the graph: a rank with no
+    # response token must backpropagate too (its shards' reductions and all-to-alls wait for it).
     for pieces in zip(flat.split(LOGITS_CHUNK_TOKENS), flat_targets.split(LOGITS_CHUNK_TOKENS)):
-        parts.append(checkpoint(fn, *pieces, use_reentrant=False, preserve_rng_state=False) if grad else fn(*pieces))
-    scores = torch.cat(parts) if parts else torch.zeros(0, 2)
-    return scores.reshape(*hidden.shape[:-1], 2)
+        parts.append(checkpoint(fn, *pieces, use_reentrant=False, preserve_rng_state=False) if recompute
+                     else fn(*pieces))
+    return torch.cat(parts)
 
 
 def _score_chunk(head: torch.nn.Module, temperature: float, with_entropy: bool, entropy_grad: bool,

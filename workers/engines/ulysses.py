@@ -265,7 +265,7 @@ def forward_response_sp(model: torch.nn.Module, inputs: PackedInputs | PaddedInp
     ctx = ShardContext(sp=sp, inner=inner, position_ids=whole.position_ids.to(device),
                        attention_mask=whole.attention_mask.to(device) if whole.attention_mask is not None else None)
     targets = whole.targets[:, mine][:, columns].to(device)             # (b, kept columns)
-    with scoring_head(model, targets, temperature, with_entropy, entropy_grad):
+    with scoring_head(model, targets, temperature, with_entropy, entropy_grad, kept[:, columns].to(device)):
         out = model(input_ids=whole.input_ids[:, mine].to(device),
                     position_ids=whole.position_ids[:, mine].to(device), logits_to_keep=columns.to(device),
                     use_cache=False, **{CONTEXT_KWARG: ctx})
