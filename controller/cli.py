@@ -49,6 +49,22 @@ def _config_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_cmd(args: argparse.Namespace) -> int:
+    from r1ray.config_load import load_config
+    from r1ray.memory_plan import format_plan, model_shape, plan_memory
+
+    cfg = load_config(args.config, args.overrides, memory=False)
+    shape = model_shape(cfg)
+    if shape is None:
+        raise UserError(f"model.path: no config.json at {cfg.model.path} and not a known checkpoint; the plan needs the "
+                        f"model's shape (download it, or point model.path at a directory holding its config.json)")
+    plan = plan_memory(cfg, shape)
+    print(format_plan(cfg, plan))
+    if plan.problems:
+        raise UserError("\n".join(plan.problems))
+    return 0
+
+
 def _score_cmd(args: argparse.Namespace) -> int:
     from r1ray.rewards import score_one
 
@@ -138,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["show", "validate", "fields"])
     _add_config_args(p)
     p.set_defaults(func=_config_cmd)
+
+    p = sub.add_parser("plan", help="memory per device at every length stage, and the micro-batch budgets that fit")
+    _add_config_args(p)
+    p.set_defaults(func=_plan_cmd)
 
     p = sub.add_parser("score", help="score one response with reward functions (through the subprocess scorer)")
     p.add_argument("--reward", action="append", required=True, help="reward function name; repeat to combine")

@@ -13,6 +13,7 @@ from r1ray.config_checks import uses_reference_model
 from r1ray.controller.shared_storage import check_shared_output
 from r1ray.errors import UnsharedStorage
 from r1ray.loss_spec import resolve_preset
+from r1ray.memory_plan import token_budgets
 from r1ray.rewards import RewardSpec
 from r1ray.workers.engines import EngineSpec, RolloutSpec
 from r1ray.workers.engines.base import vllm_sleep_level
@@ -67,7 +68,8 @@ def engine_spec(cfg: R1RayConfig, total_optimizer_steps: int) -> EngineSpec:
         model_path=m.path, dtype=m.dtype, attn_implementation=m.attn_implementation,
         trust_remote_code=m.trust_remote_code, lr=a.lr, weight_decay=a.weight_decay, betas=tuple(a.betas),
         warmup_steps=a.warmup_steps, lr_schedule=a.lr_schedule, min_lr_ratio=a.min_lr_ratio,
-        total_optimizer_steps=total_optimizer_steps, micro_batch_tokens=a.micro_batch_tokens,
+        total_optimizer_steps=total_optimizer_steps,
+        micro_batch_tokens=a.micro_batch_tokens or token_budgets(cfg)[0][1],      # 0: the plan's first stage
         padding_free=a.padding_free,
         grad_clip=a.grad_clip, gradient_checkpointing=a.gradient_checkpointing, zero_stage=a.zero_stage,
         cpu_offload=a.cpu_offload, sequence_parallel_size=a.sequence_parallel_size, seed=cfg.trainer.seed)

@@ -20,6 +20,7 @@ from r1ray.config import R1RayConfig
 from r1ray.config_checks import uses_reference_model
 from r1ray.config_load import config_to_dict
 from r1ray.errors import InputMismatch, NothingToDo, Stopped, WorkerFailure
+from r1ray.memory_plan import budget_at, token_budgets
 from r1ray.data.curriculum import CurriculumRule, CurriculumSource
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, TrainBatch, concat_batches
 from r1ray.evaluation import behaviour_rates
@@ -66,6 +67,8 @@ class Trainer:
         self.sampler: CurriculumSource | None = None
         self.manifest: list | None = None
         self.colocated = colocated(self.placement)     # actor and rollout share devices (see `generate`)
+        # Micro-batch tokens per rank by length stage: the configured budget, or the memory plan's.
+        self.token_budgets = token_budgets(cfg)
         if self.colocated and cfg.trainer.max_staleness:
             raise ValueError(f"trainer.max_staleness={cfg.trainer.max_staleness} needs the rollout engines on devices "
                              f"of their own, but the placement puts rollout and actor in pool "
@@ -368,6 +371,10 @@ class Trainer:
         metrics["async/partial_rows"] = partial_fraction(rollout)
         return rollout, metrics
 
+    def token_budget(self) -> int:
+        """Micro-batch tokens per rank for the step being trained: its length stage's (docs/design.md §12)."""
+        return budget_at(self.token_budgets, self.version + 1)
+
     def _sampling(self, step: int, budget: int, round_index: int) -> SamplingParams:
         r = self.cfg.rollout
         return SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=budget,
@@ -401,7 +408,8 @@ class Trainer:
         cycle_ref = roles.ref is not None and ref_colocated(self.placement)
         if cycle_ref:
             roles.ref.onload()
-        ref_refs = roles.ref.compute_logprobs_async(view, temp) if roles.ref else None
+        tokens = self.token_budget()
+        ref_refs = roles.ref.compute_logprobs_async(view, temp, tokens) if roles.ref else None
         ref_lp = None
         if ref_refs and self.placement.roles["ref"] == self.placement.roles["actor"]:
             # Reference and actor on the same devices: one forward pass at a time, not two at once.
@@ -414,7 +422,7 @@ class Trainer:
         if cfg.algorithm.ppo_epochs > 1 or cfg.algorithm.mini_batches > 1:
             if self.colocated:
                 roles.actor.onload()
-            old_lp = torch.cat(ray.get(roles.actor.compute_logprobs_async(view, temp)))
+            old_lp = torch.cat(ray.get(roles.actor.compute_logprobs_async(view, temp, tokens)))
         if ref_refs and ref_lp is None:
             ref_lp = torch.cat(ray.get(ref_refs))
         return replace(rollout, ref_logprobs=ref_lp, old_logprobs=old_lp)
@@ -425,7 +433,8 @@ class Trainer:
         if self.colocated:
             roles.actor.onload()
         refs = roles.actor.update_async(batch, temperature=self.cfg.rollout.temperature, kl_coef=kl_coef,
-                                        mini_batches=a.mini_batches, ppo_epochs=a.ppo_epochs)
+                                        mini_batches=a.mini_batches, ppo_epochs=a.ppo_epochs,
+                                        token_budget=self.token_budget())
         metrics = mean_over_ranks(ray.get(refs))
         if self.colocated:
             roles.actor.offload()

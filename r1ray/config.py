@@ -158,7 +158,9 @@ class ActorConfig:
     warmup_steps: int = _f(0, "Linear learning-rate warm-up, in optimizer steps.")
     lr_schedule: str = _f("constant", "Learning rate after warm-up.", ("constant", "cosine"))
     min_lr_ratio: float = _f(0.0, "Cosine schedule floor as a fraction of lr.")
-    micro_batch_tokens: int = _f(8192, "Token budget of one forward/backward micro-batch, padding included.")
+    micro_batch_tokens: int = _f(8192, "Token budget of one forward/backward micro-batch per rank, padding included; "
+                                 "0: the memory plan's largest budget that fits, stage by stage of "
+                                 "rollout.response_length_schedule (`r1ray plan` prints it).")
     padding_free: str = _f("auto", "Micro-batch layout of actor and reference passes: 'on' packs sequences into one "
                            "row, 'off' pads rows of similar length; 'auto' packs only with a variable-length "
                            "attention kernel (flash_attention_2), since sdpa/eager attend over the whole packed row.",
@@ -194,6 +196,9 @@ class PoolConfig:
     devices_per_node: int = _f(1, "Bundles per node: GPUs for a GPU pool, CPU slots for a CPU pool.")
     device: str = _f("cpu", "What one bundle is.", ("cpu", "gpu"))
     cpus_per_bundle: float = _f(1.0, "CPUs reserved per bundle (for a GPU pool: beside each GPU).")
+    device_memory_gib: float = _f(0.0, "Memory of one device for the memory plan (`r1ray plan`); 0: 80 for a GPU "
+                                  "(H100/H200 class; set it for smaller cards), and for a CPU bundle the node's "
+                                  "RAM shared by its bundles.")
 
 
 @dataclass(frozen=True)

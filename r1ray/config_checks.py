@@ -17,19 +17,33 @@ from r1ray.config import AlgorithmConfig, DataConfig, R1RayConfig
 from r1ray.data import TASKS
 from r1ray.data.template import PromptStyle
 from r1ray.engines import ROLLOUT_ENGINES, TRAIN_ENGINES, EngineRegistry
+from r1ray import memory_plan
 from r1ray.rewards import reward_names
 from r1ray.loss_spec import POLICY_LOSS_NAMES, resolve_preset
 
 GROUP_ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline")
 
 
-def check_config(cfg: R1RayConfig) -> list[str]:
+def check_config(cfg: R1RayConfig, memory: bool = True) -> list[str]:
     problems = _choices(cfg, "")
     for rule in (_model_rules, _data_rules, _rollout_rules, _algorithm_rules, _batch_rules,
                  _reward_rules, _optimizer_rules, _placement_rules, _engine_rules, _sequence_parallel_rules,
                  _trainer_rules, _range_rules):
         problems += rule(cfg)
+    if memory and not problems:
+        problems += _memory_rules(cfg)      # the plan assumes a config every other rule accepts
     return problems
+
+
+def _memory_rules(cfg: R1RayConfig) -> list[str]:
+    """Every length stage must fit the devices (r1ray/memory_plan.py), when the model's shape is known."""
+    shape = memory_plan.model_shape(cfg)
+    if shape is None:
+        if cfg.actor.micro_batch_tokens == 0:
+            return [f"actor.micro_batch_tokens: 0 asks the memory plan for the budget, which needs the model's shape; "
+                    f"{cfg.model.path}/config.json is not there to read, so give a budget in tokens"]
+        return []
+    return memory_plan.plan_memory(cfg, shape).problems
 
 
 # Numbers with a range that no other rule checks: (dotted key, lowest, highest, whether each end is allowed).
@@ -302,7 +316,10 @@ def _batch_rules(cfg: R1RayConfig) -> list[str]:
     a = cfg.actor
     split = max(1, min(a.sequence_parallel_size, a.ref_sequence_parallel_size or a.sequence_parallel_size))
     longest = cfg.rollout.max_prompt_length + cfg.rollout.max_response_length
-    if a.micro_batch_tokens * split < longest:
+    if a.micro_batch_tokens < 0:
+        problems.append(f"actor.micro_batch_tokens: {a.micro_batch_tokens} is negative; give a token budget, or 0 "
+                        f"for the memory plan's")
+    elif a.micro_batch_tokens and a.micro_batch_tokens * split < longest:
         per = f" x sequence parallel {split}" if split > 1 else ""
         problems.append(f"actor.micro_batch_tokens: {a.micro_batch_tokens}{per} cannot hold one full sequence "
                         f"({longest} tokens); raise it" + ("" if split > 1 else

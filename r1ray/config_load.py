@@ -31,12 +31,13 @@ class ConfigError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> R1RayConfig:
-    """Defaults <- YAML file <- dotted overrides, then the cross-field rules of `config_checks`."""
-    return config_from_dict(_read_yaml(path) if path else {}, overrides)
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *, memory: bool = True) -> R1RayConfig:
+    """Defaults <- YAML file <- dotted overrides, then the cross-field rules of `config_checks` (without the
+    memory plan's when `memory` is false: `r1ray plan` prints the plan of a config that does not fit)."""
+    return config_from_dict(_read_yaml(path) if path else {}, overrides, memory=memory)
 
 
-def config_from_dict(user: dict[str, Any], overrides: Sequence[str] = ()) -> R1RayConfig:
+def config_from_dict(user: dict[str, Any], overrides: Sequence[str] = (), *, memory: bool = True) -> R1RayConfig:
     """Defaults <- a nested dict (e.g. a resolved config) <- dotted overrides, with every check."""
     user = copy.deepcopy(user)
     parsed = _parse_overrides(overrides)
@@ -53,7 +54,7 @@ def config_from_dict(user: dict[str, Any], overrides: Sequence[str] = ()) -> R1R
         warnings.simplefilter("ignore")
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(R1RayConfig), user))
     cfg = _without_unused_default_pool(cfg, user)
-    problems = _overridden_unused_pools(cfg, parsed) + check_config(cfg)
+    problems = _overridden_unused_pools(cfg, parsed) + check_config(cfg, memory=memory)
     if problems:
         raise ConfigError(problems)
     return cfg

@@ -25,8 +25,9 @@ class ActorWorker(PolicyWorker):
         self.sync: SyncGroup | None = None
 
     def update(self, batch: TrainBatch, *, temperature: float, kl_coef: float, mini_batches: int,
-               ppo_epochs: int) -> dict[str, float]:
-        """ppo_epochs x mini_batches optimizer steps on this rank's share; metrics averaged over steps."""
+               ppo_epochs: int, token_budget: int | None = None) -> dict[str, float]:
+        """ppo_epochs x mini_batches optimizer steps on this rank's share, `token_budget` tokens per
+        micro-batch; metrics averaged over steps."""
         settings = replace(self.loss, kl_coef=kl_coef)
         totals: dict[str, float] = {}
         steps = 0
@@ -36,7 +37,7 @@ class ActorWorker(PolicyWorker):
                 if dist.is_initialized():
                     dist.all_reduce(global_den)
                 loss_fn = ActorLoss(settings, float(global_den), self.world_size)
-                for key, value in self.engine.train_step(mini, loss_fn, temperature).items():
+                for key, value in self.engine.train_step(mini, loss_fn, temperature, token_budget).items():
                     totals[key] = totals.get(key, 0.0) + value
                 steps += 1
         # Counts stay counts (optimizer steps skipped for a non-finite gradient); the rest are means.

@@ -22,9 +22,9 @@ class PolicyWorker(Worker):
     def setup(self) -> None:
         self.engine = build_train_engine(self.engine_kind, self.spec, self.device)
 
-    def compute_logprobs(self, batch: TrainBatch, temperature: float) -> Tensor:
-        """(b, R) logprobs of this rank's share of the batch, no grad."""
-        logprobs, _ = self.engine.forward_logprobs(batch, temperature)
+    def compute_logprobs(self, batch: TrainBatch, temperature: float, token_budget: int | None = None) -> Tensor:
+        """(b, R) logprobs of this rank's share of the batch, no grad, `token_budget` tokens per micro-batch."""
+        logprobs, _ = self.engine.forward_logprobs(batch, temperature, token_budget=token_budget)
         return logprobs
 
     def onload(self) -> None:

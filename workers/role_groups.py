@@ -145,8 +145,10 @@ class RewardGroup(WorkerGroup):
 class PolicyGroup(WorkerGroup):
     """What actor and reference groups share: per-token logprobs of a batch split over ranks."""
 
-    def compute_logprobs_async(self, batch: TrainBatch, temperature: float) -> list[ray.ObjectRef]:
-        return self._scatter_async("compute_logprobs", batch, even=False, temperature=temperature)
+    def compute_logprobs_async(self, batch: TrainBatch, temperature: float,
+                               token_budget: int | None = None) -> list[ray.ObjectRef]:
+        return self._scatter_async("compute_logprobs", batch, even=False, temperature=temperature,
+                                   token_budget=token_budget)
 
     def onload(self) -> None:
         self._call("onload")
@@ -171,10 +173,10 @@ class ActorGroup(PolicyGroup):
                          init_kwargs=dict(engine_kind=engine_kind, spec=spec, loss=loss))
 
     def update_async(self, batch: TrainBatch, *, temperature: float, kl_coef: float, mini_batches: int,
-                     ppo_epochs: int) -> list[ray.ObjectRef]:
+                     ppo_epochs: int, token_budget: int | None = None) -> list[ray.ObjectRef]:
         """Each rank trains on its contiguous share of the batch; one metrics dict per rank."""
         return self._scatter_async("update", batch, temperature=temperature, kl_coef=kl_coef,
-                                   mini_batches=mini_batches, ppo_epochs=ppo_epochs)
+                                   mini_batches=mini_batches, ppo_epochs=ppo_epochs, token_budget=token_budget)
 
     def sft_update_async(self, batch: TrainBatch) -> list[ray.ObjectRef]:
         """One SFT optimizer step, each rank on its contiguous share; one metrics dict per rank."""

@@ -23,7 +23,7 @@ GPU_CONFIG = f"""
 model: {{path: Qwen/Qwen2.5-7B, dtype: bfloat16, max_model_len: 32768}}
 data: {{train_files: [{SAMPLE}], val_files: [{SAMPLE}], prompts_per_step: 64}}
 rollout: {{engine: vllm, n: 16, max_prompt_length: 1024, max_response_length: 8192, tensor_parallel_size: 2}}
-actor: {{micro_batch_tokens: 16384}}
+actor: {{micro_batch_tokens: 16384, gradient_checkpointing: true}}   # without it, 7B at 9k tokens does not fit
 placement:
   pools:
     train: {{nodes: 2, devices_per_node: 8, device: gpu, cpus_per_bundle: 4}}

@@ -26,9 +26,9 @@ def test_dynamic_sampling_filters_groups_before_the_reference_pass(ray_cluster, 
     ref_passes = []                                                   # rows of each reference pass
     compute = trainer.roles.ref.compute_logprobs_async
 
-    def observed(batch, temperature):
+    def observed(batch, temperature, token_budget=None):
         ref_passes.append(len(batch))
-        return compute(batch, temperature)
+        return compute(batch, temperature, token_budget)
 
     trainer.roles.ref.compute_logprobs_async = observed               # the controller's calls, seen here
     try:
@@ -69,17 +69,32 @@ def test_model_ref_path_loads_another_reference(ray_cluster, small_config, tmp_p
     assert ref and all(rank == ["offload", "onload", "offload"] for rank in ref), ref   # per rank, one step
 
 
+# A length schedule whose second stage the memory plan must fit with a smaller budget: eager attention
+# keeps (heads, L, L) scores, so longer sequences cost more per token; 10 MiB is what this tiny model's
+# plan fits at 512 tokens per micro-batch for 64-token sequences and at 256 for 248-token ones.
+PLANNED = ["actor.micro_batch_tokens=0", "model.attn_implementation=eager", "rollout.max_response_length=200",
+           "rollout.response_length_schedule=[[0,16],[1,200]]", "placement.pools.train.device_memory_gib=0.01"]
+
+
 def test_no_reference_model_when_the_kl_coefficient_is_zero(ray_cluster, small_config, tmp_path):
+    """No reference without KL; the same run, with `actor.micro_batch_tokens=0`, takes each step's micro-batch
+    budget from the memory plan of its length stage (r1ray/memory_plan.py)."""
+    from r1ray.memory_plan import model_shape, plan_memory
+
     cfg = small_config(tmp_path / "out", ONE_RANK, "algorithm.kl_placement=loss", "algorithm.kl_coef=0.0",
-                       "reward.functions=[still3_length]", "reward.weights=[1.0]")
+                       "reward.functions=[still3_length]", "reward.weights=[1.0]", *PLANNED)
+    planned = [stage.budget for stage in plan_memory(cfg, model_shape(cfg)).stages]
+    assert planned[0] > planned[1], planned                  # the longer stage fits fewer tokens
     trainer = Trainer(cfg)
     trainer._build()
     try:
         assert trainer.roles.ref is None
-        metrics = trainer.step(1)
+        metrics = [trainer.step(1), trainer.step(2)]
     finally:
         trainer.roles.shutdown()
-    assert metrics["actor/grad_norm"] > 0
+    assert all(m["actor/grad_norm"] > 0 for m in metrics)
+    assert [m["actor/micro_batch_tokens"] for m in metrics] == planned
+    assert [m["response_length/budget"] for m in metrics] == [16, 200]
 
 
 def test_a_reward_that_scores_nothing_stops_the_run_with_its_error(ray_cluster, small_config, tmp_path):

@@ -87,11 +87,13 @@ class RolloutSpec:
 
 
 class TrainEngine(Protocol):
-    def forward_logprobs(self, batch: TrainBatch, temperature: float,
-                         with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Per-token logprobs (B, R) of the response tokens, no grad; entropy (B, R) if asked."""
+    def forward_logprobs(self, batch: TrainBatch, temperature: float, with_entropy: bool = False,
+                         token_budget: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """Per-token logprobs (B, R) of the response tokens, no grad; entropy (B, R) if asked. Micro-batches
+        hold `token_budget` tokens per rank (None: `spec.micro_batch_tokens`)."""
 
-    def train_step(self, batch: TrainBatch, loss_fn: LossFn, temperature: float) -> dict[str, float]:
+    def train_step(self, batch: TrainBatch, loss_fn: LossFn, temperature: float,
+                   token_budget: int | None = None) -> dict[str, float]:
         """One optimizer step over `batch`, micro-batched by the token budget; returns metrics
         (the loss_fn's, averaged over micro-batches, plus actor/grad_norm, actor/lr, actor/skipped_steps)."""
 

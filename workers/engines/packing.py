@@ -28,17 +28,10 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+# The scoring head's chunk size and when it keeps logits rather than recomputing them are defined beside
+# the memory plan that counts their bytes.
+from r1ray.memory_plan import LOGITS_CHUNK_TOKENS, LOGITS_RECOMPUTE_BYTES
 from r1ray.protocol import length_mask, unpack
-
-# Response tokens per chunk of the scoring head. A chunk's float32 logits (1024 x 152k vocab = 0.6 GB) and
-# the few tensors of the same size its softmax makes exist only while it is scored, and again while its
-# backward recomputes it. Unchunked, the bf16 logits of a 32k-token micro-batch (10 GB) would be kept for
-# the backward and each of those temporaries would be 20 GB.
-LOGITS_CHUNK_TOKENS = 1024
-# Float32 logits of a whole micro-batch below this size are kept for the backward instead of recomputed:
-# for small vocabularies or short responses the memory is nothing and the output layer's recomputation
-# would cost about 5% of an update (bench/grpo_step.py, n=16 x 8 prompts, 96 tokens).
-LOGITS_RECOMPUTE_BYTES = 256 * 2**20
 
 
 # Attention kernels whose Hugging Face integration runs packed rows (restarting position ids) as

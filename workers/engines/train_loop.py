@@ -84,13 +84,15 @@ class MicroBatchedEngine(ABC):
             logger.info("sequence parallel: %d ranks per sequence (this rank holds part %d of each)",
                         self.sp.size, self.sp.rank)
 
-    def micro_batches(self, batch: TrainBatch) -> list[tuple[list[int], TrainBatch | None]]:
+    def micro_batches(self, batch: TrainBatch,
+                      token_budget: int | None = None) -> list[tuple[list[int], TrainBatch | None]]:
         """(row indices, micro-batch or None when this rank's share of the agreed count is empty).
 
         Packed: k micro-batches of near-equal token counts. Padded: similar-length rows whose padded size
         fits the budget; a rank that needs fewer than the agreed count runs dummy passes for the rest.
+        `token_budget` (per rank) is the stage's (the memory plan's, r1ray/memory_plan.py), else the spec's.
         """
-        budget = self.spec.micro_batch_tokens * (self.sp.size if self.sp else 1)
+        budget = (token_budget or self.spec.micro_batch_tokens) * (self.sp.size if self.sp else 1)
         lengths = batch.seq_lens.tolist()
         if self.packing:
             chunks: list[list[int]] = []
@@ -128,8 +130,8 @@ class MicroBatchedEngine(ABC):
         return logp, ent, None
 
     @torch.no_grad()
-    def forward_logprobs(self, batch: TrainBatch, temperature: float,
-                         with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward_logprobs(self, batch: TrainBatch, temperature: float, with_entropy: bool = False,
+                         token_budget: int | None = None) -> tuple[Tensor, Tensor | None]:
         self.train_mode(False)
         own_rows, own_width = slice(0, len(batch)), batch.response_mask.shape[1]
         if self.sp is not None:
@@ -137,7 +139,7 @@ class MicroBatchedEngine(ABC):
         width = batch.response_mask.shape[1]
         logp = torch.zeros(len(batch), width)
         ent = torch.zeros(len(batch), width) if with_entropy else None
-        for rows, micro in self.micro_batches(batch):
+        for rows, micro in self.micro_batches(batch, token_budget):
             lp, en, _ = self.forward_micro(micro, temperature, with_entropy)
             if lp is None:
                 continue
@@ -146,17 +148,19 @@ class MicroBatchedEngine(ABC):
                 ent[rows] = en.float().cpu()
         return logp[own_rows, :own_width], ent[own_rows, :own_width] if ent is not None else None
 
-    def train_step(self, batch: TrainBatch, loss_fn: LossFn, temperature: float) -> dict[str, float]:
+    def train_step(self, batch: TrainBatch, loss_fn: LossFn, temperature: float,
+                   token_budget: int | None = None) -> dict[str, float]:
         """One optimizer step. Entropy is always computed (the actor/entropy metric), but with gradients
         only when `loss_fn.entropy_grad` says the loss uses it; a loss without that attribute gets them.
-        `actor/sequence_parallel_size` reports the S the step ran with (1: none)."""
+        `actor/sequence_parallel_size` and `actor/micro_batch_tokens` report the S and the per-rank token
+        budget the step ran with."""
         assert self.spec.trainable, "train_step on a frozen engine"
         self.train_mode(True)
         entropy_grad = bool(getattr(loss_fn, "entropy_grad", True))
         if self.sp is not None:
             batch, _ = ulysses.gather_rows(batch, self.sp)   # the group trains on the union of its rows
         totals: dict[str, float] = {}
-        micro_batches = [micro for _, micro in self.micro_batches(batch)]
+        micro_batches = [micro for _, micro in self.micro_batches(batch, token_budget)]
         for micro in micro_batches:
             logp, ent, dummy = self.forward_micro(micro, temperature, with_entropy=True, entropy_grad=entropy_grad)
             if logp is None:
@@ -171,7 +175,8 @@ class MicroBatchedEngine(ABC):
         out = {key: value / real for key, value in totals.items()}
         out.update({"actor/grad_norm": grad_norm, "actor/lr": self.current_lr(),
                     "actor/skipped_steps": 0.0 if math.isfinite(grad_norm) else 1.0,
-                    "actor/sequence_parallel_size": float(self.sp.size if self.sp else 1)})
+                    "actor/sequence_parallel_size": float(self.sp.size if self.sp else 1),
+                    "actor/micro_batch_tokens": float(token_budget or self.spec.micro_batch_tokens)})
         return out
 
 
