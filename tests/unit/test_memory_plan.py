@@ -151,3 +151,14 @@ def test_shapes_read_a_multimodal_text_config() -> None:
     text = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
             "vocab_size": 300}
     assert shape_from_config({"text_config": text}) == ModelShape(2, 64, 128, 4, 4, 16, 300, False)
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_r1ray_plan_runs_for_every_shipped_config(capsys, config: Path) -> None:
+    """Before any model is built or downloaded: the tiny model's shape comes from its settings, SmolLM2's
+    from its `model.fetch` name, Qwen2.5-7B's from the hub name."""
+    overrides = RECIPE_DATA if config == RECIPE else []
+    code = main(["plan", "--config", str(config), *overrides])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.count("\nstage ") == len(load_config(config, overrides).rollout.response_length_schedule or [0])
