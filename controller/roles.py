@@ -22,6 +22,7 @@ from r1ray.workers.losses import LossSettings
 from r1ray.workers.placement import Placement, WorkerSlot
 from r1ray.workers.role_groups import (ActorGroup, RefGroup, RewardGroup, RolloutGroup, engine_slots,
                                       sync_world_size)
+from r1ray.workers.fingerprint import WeightSyncError
 from r1ray.workers.weight_sync import SyncGroupSpec
 
 logger = logging.getLogger(__name__)
@@ -184,8 +185,8 @@ def sync_layout(cfg: R1RayConfig, roles: Roles, placement: Placement) -> tuple[l
     each TP worker).
 
     Shared group: actor rank 0 sends to every engine worker (ranks 1 + engine x TP + TP rank).
-    "ipc": actor and rollout slots are the same bundles, so the actor rank on bundle b sends to the engine
-    worker on bundle b, a group of two; TP worker t of engine e sits on bundle e x TP + t.
+    "ipc": actor and rollout slots are the same bundles, and each engine worker pairs with the actor rank
+    on its GPU, a group of two (`ipc_pairs`).
     """
     tp, timeout = cfg.rollout.tensor_parallel_size, cfg.trainer.collective_timeout_s
     engines = roles.rollout.engines
@@ -193,7 +194,8 @@ def sync_layout(cfg: R1RayConfig, roles: Roles, placement: Placement) -> tuple[l
     if backend == "ipc":
         specs = [SyncGroupSpec(master_addr=h, master_port=p, world_size=2, backend="ipc", timeout_s=timeout)
                  for h, p in roles.actor.addresses()]
-        return specs, [[(specs[e * tp + t], 1) for t in range(tp)] for e in range(len(engines))]
+        pairs = ipc_pairs(roles.actor.device_uuids(), roles.rollout.device_uuids())
+        return specs, [[(specs[rank], 1) for rank in engine] for engine in pairs]
     host, port = roles.actor.address()
     spec = SyncGroupSpec(master_addr=host, master_port=port, world_size=sync_world_size(engines, tp),
                          backend=backend, timeout_s=timeout)
@@ -201,11 +203,29 @@ def sync_layout(cfg: R1RayConfig, roles: Roles, placement: Placement) -> tuple[l
             [[(spec, e.sync_rank_offset + t) for t in range(tp)] for e in engines])
 
 
+def ipc_pairs(actor_uuids: list[str], worker_uuids: list[list[str]]) -> list[list[int]]:
+    """For each engine and TP worker, the actor rank on its GPU (matched by UUID: vLLM's TP rank t takes
+    the t-th of its engine's GPUs, not necessarily the t-th bundle's). Without UUIDs (CPU devices) the
+    slots' order pairs them: TP worker t of engine e with the actor rank on bundle e x TP + t."""
+    flat = [uuid for engine in worker_uuids for uuid in engine]
+    if not all(flat) or not all(actor_uuids):
+        order = iter(range(len(flat)))
+        return [[next(order) for _ in engine] for engine in worker_uuids]
+    rank_of = {uuid: rank for rank, uuid in enumerate(actor_uuids)}
+    missing = [f"engine {e} worker {t} on GPU {uuid}" for e, engine in enumerate(worker_uuids)
+               for t, uuid in enumerate(engine) if uuid not in rank_of]
+    if missing or len(set(flat)) != len(flat):
+        raise WeightSyncError(f"colocated weight sync: each rollout worker needs its own GPU holding an actor rank; "
+                              f"{'; '.join(missing) or 'two workers share a GPU'} (actor ranks on "
+                              f"{', '.join(actor_uuids)})")
+    return [[rank_of[uuid] for uuid in engine] for engine in worker_uuids]
+
+
 def connect_weight_sync(roles: Roles, cfg: R1RayConfig, placement: Placement) -> None:
     """Every actor rank that sends and every TP worker of every engine join their weight-sync group."""
-    actor_specs, members = sync_layout(cfg, roles, placement)
     if colocated(placement):
         roles.rollout.wake(["weights"])      # vLLM's weight-transfer engine needs its workers awake
+    actor_specs, members = sync_layout(cfg, roles, placement)
     ray.get([*roles.actor.init_weight_sync_async(actor_specs), *roles.rollout.init_weight_sync_async(members)])
     logger.info("weight sync ready: %s, %d sender(s), %d engine(s) x TP %d", actor_specs[0].backend,
                 sum(s is not None for s in actor_specs), len(members), cfg.rollout.tensor_parallel_size)

@@ -7,6 +7,7 @@ from torch import Tensor
 from r1ray.protocol import TrainBatch
 from r1ray.workers.base import Worker
 from r1ray.workers.engines import EngineSpec, TrainEngine, build_train_engine
+from r1ray.workers.weight_sync import device_uuid
 
 
 class PolicyWorker(Worker):
@@ -26,6 +27,9 @@ class PolicyWorker(Worker):
         """(b, R) logprobs of this rank's share of the batch, no grad, `token_budget` tokens per micro-batch."""
         logprobs, _ = self.engine.forward_logprobs(batch, temperature, token_budget=token_budget)
         return logprobs
+
+    def device_uuid(self) -> str:
+        return device_uuid(self.device)
 
     def onload(self) -> None:
         """Bring weights (and the actor's optimizer state) back to the device (colocated); a no-op when

@@ -113,6 +113,10 @@ class RolloutGroup(WorkerGroup):
         """Every engine loads the actor's weights of `version` (which stamps what it generates next)."""
         return self._call_async("receive_weights", manifest, version)
 
+    def device_uuids(self) -> list[list[str]]:
+        """Per engine, the GPU UUID of each TP worker ("" off CUDA)."""
+        return self._call("device_uuids")
+
     def sleep(self) -> None:
         self._call("sleep")
 
@@ -149,6 +153,10 @@ class PolicyGroup(WorkerGroup):
                                token_budget: int | None = None) -> list[ray.ObjectRef]:
         return self._scatter_async("compute_logprobs", batch, even=False, temperature=temperature,
                                    token_budget=token_budget)
+
+    def device_uuids(self) -> list[str]:
+        """The GPU UUID of each rank ("" off CUDA)."""
+        return self._call("device_uuid")
 
     def onload(self) -> None:
         self._call("onload")

@@ -76,6 +76,10 @@ class RolloutWorker(Worker):
         self.weight_version = version
         return tables
 
+    def device_uuids(self) -> list[str]:
+        """The GPU UUID of each of this engine's receiving processes ("" off CUDA)."""
+        return self.engine.device_uuids()
+
     def sleep(self) -> None:
         self._record("sleep")
         self.engine.sleep()

@@ -209,7 +209,7 @@ def _publish_bucket(flat: Tensor) -> bytes:
     from torch.multiprocessing.reductions import reduce_tensor
 
     _, args = reduce_tensor(flat)
-    return pickle.dumps(("cuda", _gpu_uuid(flat.device), args))
+    return pickle.dumps(("cuda", device_uuid(flat.device), args))
 
 
 def _open_bucket(payload: bytes, device: torch.device) -> Tensor:
@@ -222,7 +222,7 @@ def _open_bucket(payload: bytes, device: torch.device) -> Tensor:
 
     uuid, args = rest
     index = device.index if device.index is not None else torch.cuda.current_device()
-    mine = _gpu_uuid(torch.device("cuda", index))
+    mine = device_uuid(torch.device("cuda", index))
     if uuid != mine:
         raise WeightSyncError(f"colocated weight sync between two GPUs: the bucket is on GPU {uuid}, this "
                               f"receiver on GPU {mine} (cuda:{index}); an \"ipc\" pair must share its GPU")
@@ -231,7 +231,10 @@ def _open_bucket(payload: bytes, device: torch.device) -> Tensor:
     return rebuild_cuda_tensor(*args)
 
 
-def _gpu_uuid(device: torch.device) -> str:
+def device_uuid(device: torch.device) -> str:
+    """The UUID of the GPU `device` names, whatever index this process gives it; "" off CUDA."""
+    if device.type != "cuda":
+        return ""
     index = device.index if device.index is not None else torch.cuda.current_device()
     return str(torch.cuda.get_device_properties(index).uuid)
 

@@ -52,6 +52,10 @@ def _run_steps(cfg, steps: int = 2) -> list[dict]:
     try:
         metrics = [trainer.step(s) for s in range(1, steps + 1)]
         trainer.sync_weights()          # raises naming the tensors if any engine holds other weights
+        actor_gpus, engine_gpus = trainer.roles.actor.device_uuids(), trainer.roles.rollout.device_uuids()
+        assert all(actor_gpus) and all(all(engine) for engine in engine_gpus)     # real UUIDs on CUDA
+        if trainer.colocated:           # each "ipc" receiver shares a GPU with an actor rank (ipc_pairs)
+            assert {u for engine in engine_gpus for u in engine} <= set(actor_gpus)
         return metrics
     finally:
         trainer.roles.shutdown()

@@ -213,6 +213,8 @@ def test_sync_from_fsdp2_gives_every_engine_the_actors_model_and_no_stale_prefix
     assert after == expected and after != before
     # Both engines answer the long prompt (one each) exactly like the HF model: neither reused stale KV.
     assert after[0] == after[1] == expected[0]
+    # Each engine's worker answers the UUID query through r1ray's vLLM worker extension ("" on a CPU).
+    assert setup.rollout.device_uuids() == [[""]] * ENGINES
 
 
 def test_a_tensor_corrupted_in_transit_is_named(vllm_setup):

@@ -52,6 +52,8 @@ def test_sync_gives_the_rollout_engine_the_actors_weights_bit_for_bit(actor_roll
     # Tied input/output embeddings travel once and stay tied in the engine.
     assert "lm_head.weight" not in names
     assert torch.equal(actor["lm_head.weight"], engine["model.embed_tokens.weight"])
+    # Colocated "ipc" pairs are matched by GPU UUID (controller/roles.py ipc_pairs); off CUDA there is none.
+    assert ar.actor.device_uuids() == ["", ""] and ar.rollout.device_uuids() == [[""]]
 
 
 def test_a_wrong_receiver_table_fails_naming_the_engine_and_tensor(actor_rollout):

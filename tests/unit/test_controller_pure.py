@@ -624,3 +624,19 @@ def test_a_rollout_worker_gets_its_engines_client_threads_only_where_the_engine_
     assert client_threads(RolloutSpec(engine="vllm", model_path="m", device="cpu", tensor_parallel_size=2)) == one
     assert client_threads(RolloutSpec(engine="vllm", model_path="m", device="gpu")) == one
     assert client_threads(RolloutSpec(engine="hf", model_path="m", device="cpu")) == {}
+
+
+def test_colocated_ipc_pairs_follow_the_gpu_uuids_not_the_bundle_order() -> None:
+    """vLLM's TP rank t takes the t-th of its engine's GPUs, whichever bundle that GPU is: each engine
+    worker pairs with the actor rank on the same GPU. Without UUIDs (CPU) the bundle order pairs them."""
+    from r1ray.controller.roles import ipc_pairs
+    from r1ray.workers.fingerprint import WeightSyncError
+
+    assert ipc_pairs(["", "", "", ""], [["", ""], ["", ""]]) == [[0, 1], [2, 3]]
+    assert ipc_pairs(["A", "B", "C", "D"], [["B", "A"], ["D", "C"]]) == [[1, 0], [3, 2]]
+    assert ipc_pairs(["A", "B"], [["A"], ["B"]]) == [[0], [1]]
+    with pytest.raises(WeightSyncError, match="engine 1 worker 0 on GPU E"):
+        ipc_pairs(["A", "B"], [["A"], ["E"]])
+    with pytest.raises(WeightSyncError, match="two workers share a GPU"):
+        ipc_pairs(["A", "B"], [["A"], ["A"]])
+

@@ -130,6 +130,10 @@ class RolloutEngine(Protocol):
     def receive_weights(self, manifest: Manifest) -> list[FingerprintTable]:
         """Receive and load the actor's weights; one fingerprint table per receiving process."""
 
+    def device_uuids(self) -> list[str]:
+        """The GPU UUID of each receiving process (TP worker order; "" off CUDA): colocated "ipc" pairs
+        are matched by it, since a TP worker's GPU need not be its own bundle's."""
+
     def reset_cache(self) -> None:
         """Forget cached KV (prefix cache): it was computed with the previous weights."""
 

@@ -21,7 +21,7 @@ from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, assemble_r
 from r1ray.workers.engines.base import FingerprintTable, RolloutSpec
 from r1ray.workers.engines.hf_decode import decode_chunk
 from r1ray.workers.fingerprint import Fingerprints
-from r1ray.workers.weight_sync import Manifest, SyncGroup, SyncGroupSpec
+from r1ray.workers.weight_sync import Manifest, SyncGroup, SyncGroupSpec, device_uuid
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,9 @@ class HFRolloutEngine:
     # ---- colocation -------------------------------------------------------------------------------
     def reset_cache(self) -> None:
         """generate() keeps no KV cache between calls: nothing to forget."""
+
+    def device_uuids(self) -> list[str]:
+        return [device_uuid(self.device)]
 
     def sleep(self) -> None:
         if self.device.type == "cuda":

@@ -201,6 +201,9 @@ class VLLMRolloutEngine:
             raise WeightSyncError("vLLM engine: a worker reported no fingerprints after the weight update")
         return tables
 
+    def device_uuids(self) -> list[str]:
+        return self.llm.collective_rpc("r1ray_device_uuid")
+
     def reset_cache(self, running: bool = False) -> None:
         """`running`: requests are kept; they are preempted and their KV recomputed under the new weights."""
         if not self.llm.reset_prefix_cache(reset_running_requests=running):

@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from vllm.distributed.weight_transfer import WeightTransferEngine, WeightTransferEngineFactory
 from vllm.distributed.weight_transfer.base import WeightTransferInitInfo, WeightTransferUpdateInfo
 
@@ -149,6 +150,12 @@ class R1RayWorkerExtension:
     def r1ray_sync_fingerprints(self) -> list[list[int]] | None:
         """The fingerprint table of the tensors this worker received in the last update."""
         return self.weight_transfer_engine.last_fingerprints
+
+    def r1ray_device_uuid(self) -> str:
+        """This worker's GPU UUID ("" on CPU). Under RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES TP rank t
+        takes the t-th of the engine's GPUs, which need not be the GPU of the t-th bundle."""
+        device = self.device
+        return str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else ""
 
     def r1ray_unloaded_layers(self) -> list[str]:
         """The layers with parameters that received no tensor in the last update."""
