@@ -26,15 +26,17 @@ sleep/wake calls go to vLLM, which pauses and resumes its scheduler and frees no
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, assemble_rollout, derive_seed
 from r1ray.models import eos_ids
 from r1ray.workers.engines.base import FingerprintTable, RolloutSpec
+from r1ray.workers.engines.vllm_errors import EngineErrorLog, surfaced
 from r1ray.workers.engines.vllm_keep import Delta, KeptRequests
 from r1ray.workers.fingerprint import WeightSyncError
 from r1ray.workers.weight_sync import Manifest
@@ -42,6 +44,21 @@ from r1ray.workers.weight_sync import Manifest
 logger = logging.getLogger(__name__)
 
 EXTENSION = "r1ray.workers.engines.vllm_transfer.R1RayWorkerExtension"
+
+
+def _surfacing(method: Callable) -> Callable:
+    """A dead engine core raises one line quoting its root cause (`vllm_errors.py`), not vLLM's "see the
+    stack trace above"."""
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            raised = surfaced(exc, getattr(self, "errors", None))
+            if raised is exc:
+                raise
+            raise raised from exc
+    return call
 
 
 def cpu_binding(tp: int) -> str:
@@ -99,9 +116,15 @@ class VLLMRolloutEngine:
             # per-prompt seeds, a batch whose prompts exceed one step's token budget would kill the engine.
             # Without chunked prefill every prompt is prefilled whole.
             kwargs.update(enforce_eager=True, enable_chunked_prefill=False)
-        self.llm = LLM(**kwargs)
+        self.errors = EngineErrorLog()
+        self.errors.install()        # before LLM(): the engine core's processes read the logging config
+        self.llm = self._start(LLM, kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.stop_ids = eos_ids(spec.model_path, self.tokenizer)
+
+    @_surfacing
+    def _start(self, llm_class: type, kwargs: dict) -> Any:
+        return llm_class(**kwargs)
 
     def _params(self, sampling: SamplingParams, seed: int, n: int, max_tokens: int, delta: bool = False):
         from vllm import SamplingParams as VSampling
@@ -112,6 +135,7 @@ class VLLMRolloutEngine:
                          seed=seed, stop_token_ids=self.stop_ids, ignore_eos=sampling.ignore_eos, detokenize=False,
                          output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.CUMULATIVE)
 
+    @_surfacing
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
         if self.kept:
             return self._generate_beside_kept(prompts, sampling)
@@ -146,6 +170,7 @@ class VLLMRolloutEngine:
         return assemble_rollout(prompts, sampling.n, responses, logprobs, truncated, texts)
 
     # ---- requests kept across weight updates (trainer.pause_mode=keep) ----------------------------
+    @_surfacing
     def advance(self, prompts: PromptBatch | None, keys: list[str], budgets: list[int], sampling: SamplingParams,
                 abort: list[str], tokens: int) -> dict[str, Delta]:
         """Free running in keep mode: forget the `abort` requests, add the n requests of each new prompt
@@ -175,6 +200,7 @@ class VLLMRolloutEngine:
     def init_weight_sync(self, members: list[dict]) -> None:
         self.llm.init_weight_transfer_engine({"init_info": {"members": members}})
 
+    @_surfacing
     def receive_weights(self, manifest: Manifest) -> list[FingerprintTable]:
         update = {"names": [m[0] for m in manifest], "shapes": [list(m[1]) for m in manifest],
                   "dtypes": [m[2] for m in manifest]}
@@ -201,21 +227,25 @@ class VLLMRolloutEngine:
             raise WeightSyncError("vLLM engine: a worker reported no fingerprints after the weight update")
         return tables
 
+    @_surfacing
     def device_uuids(self) -> list[str]:
         return self.llm.collective_rpc("r1ray_device_uuid")
 
+    @_surfacing
     def reset_cache(self, running: bool = False) -> None:
         """`running`: requests are kept; they are preempted and their KV recomputed under the new weights."""
         if not self.llm.reset_prefix_cache(reset_running_requests=running):
             raise WeightSyncError("vLLM engine: the prefix cache could not be reset (requests still running)")
 
     # ---- colocation -------------------------------------------------------------------------------
+    @_surfacing
     def sleep(self) -> None:
         if self.on_gpu and self.spec.sleep_level == 0:
             return                           # started without sleep mode (rollout.free_cache_engine=false)
         self.llm.sleep(level=self.spec.sleep_level or 1)
         self.sleeping = {"weights", "kv_cache"}
 
+    @_surfacing
     def wake(self, tags: Sequence[str]) -> None:
         todo = [t for t in tags if t in self.sleeping]
         if todo:
@@ -227,3 +257,4 @@ class VLLMRolloutEngine:
             self.llm.shutdown_weight_transfer_engine()
         except RuntimeError as exc:          # never initialised: nothing to close
             logger.debug("weight transfer shutdown: %s", exc)
+        self.errors.close()
