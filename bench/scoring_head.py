@@ -6,7 +6,7 @@ the scoring head (`packing.scoring_head`), one long response through a model wit
 Each case runs in a fresh process: a random Qwen2 model in float32 (Qwen2.5's vocabulary by default), one
 sequence of a 128-token prompt and a response of --tokens, logprobs and entropy of every response token,
 backward of their sum (with entropy as a loss term: the heaviest case). Previous design: the model's
-output layer returns the (K, V) logits, then `token_logprobs` / `token_entropy` score them in checkpointed
+output layer returns the (K, V) logits, then `_previous_scores` scores them in checkpointed
 float32 chunks, which keep those logits alive for the backward. Scoring head: the output layer itself
 scores chunk by chunk, each chunk one checkpointed function from hidden states. Memory is the peak
 resident set above the one before the pass (first pass; see bench/sequence_parallel.py), time the best of
@@ -30,7 +30,7 @@ def _case(design: str, vocab: int, tokens: int, hidden: int, layers: int, repeat
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from r1ray.protocol import pack
-    from r1ray.workers.engines.packing import forward_response, pad_for_forward, token_entropy, token_logprobs
+    from r1ray.workers.engines.packing import forward_response, pad_for_forward
 
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
@@ -47,12 +47,29 @@ def _case(design: str, vocab: int, tokens: int, hidden: int, layers: int, repeat
             logp, ent = forward_response(model, inputs, device, 1.0, True, entropy_grad=True)
         else:
             logits = inputs.logits(model, device)                       # (K, V), kept for the backward
-            logp, ent = token_logprobs(logits, inputs.targets, 1.0), token_entropy(logits, 1.0)
+            logp, ent = _previous_scores(logits, inputs.targets)
         (logp.sum() + ent.sum()).backward()
 
     with PeakRSS() as rss:
         step()
     out[design] = (rss.grown / 2**30, min(_seconds(step) for _ in range(repeats)))
+
+
+def _previous_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous design's scoring of (K, V) logits kept whole: float32 logprobs and entropy,
+    LOGITS_CHUNK_TOKENS rows at a time, each chunk checkpointed (its float32 copies recomputed)."""
+    from torch.utils.checkpoint import checkpoint
+
+    from r1ray.memory_plan import LOGITS_CHUNK_TOKENS
+
+    def chunk(rows: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(rows.float(), dim=-1)
+        return torch.stack([logp.gather(-1, wanted[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)], -1)
+
+    parts = [checkpoint(chunk, rows, wanted, use_reentrant=False)
+             for rows, wanted in zip(logits.split(LOGITS_CHUNK_TOKENS), targets.split(LOGITS_CHUNK_TOKENS))]
+    scores = torch.cat(parts)
+    return scores[:, 0], scores[:, 1]
 
 
 def _seconds(fn) -> float:

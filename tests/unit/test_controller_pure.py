@@ -29,7 +29,7 @@ from r1ray.controller.checkpoint import CheckpointManager, TrainerState, read_ch
 from r1ray.controller.redact import REDACTED, redact
 from r1ray.controller.schedule import groups_unit, response_budget
 from r1ray.protocol import RolloutBatch, TrainBatch, concat_batches, pack, pad_right, split_batch
-from r1ray.workers.engines.packing import pack_for_forward, token_entropy, token_logprobs
+from r1ray.workers.engines.packing import pack_for_forward
 from r1ray.workers.losses import ActorLoss, LossSettings, denominator
 from r1ray.workers.placement import Placement, ResourcePool
 
@@ -444,20 +444,6 @@ def test_pack_for_forward_layout() -> None:
     assert packed.targets.tolist() == [3, 4, 6, 7, 8]
     assert tokens[packed.keep + 1].tolist() == packed.targets.tolist()
     assert packed.response_lens.tolist() == [2, 3]
-
-
-def test_token_logprobs_and_entropy() -> None:
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(5, 11, generator=g)
-    targets = torch.tensor([0, 3, 10, 7, 7])
-    for temperature in (1.0, 0.7):
-        expected = torch.log_softmax(logits / temperature, -1)[torch.arange(5), targets]
-        assert torch.allclose(token_logprobs(logits, targets, temperature), expected, atol=1e-6)
-        probs = torch.softmax(logits / temperature, -1)
-        assert torch.allclose(token_entropy(logits, temperature), -(probs * probs.log()).sum(-1), atol=1e-5)
-    # Greedy (temperature 0) scores with the raw logits.
-    assert torch.allclose(token_logprobs(logits, targets, 0.0), token_logprobs(logits, targets, 1.0))
-    assert token_logprobs(logits.to(torch.bfloat16), targets, 1.0).dtype == torch.float32
 
 
 # ---- threads, kept groups, the reference -------------------------------------------------------

@@ -1,6 +1,6 @@
-"""The logits path of the packed forward: chunked float32 logprobs and entropy equal the whole-matrix
-computation (values and gradients), keep no float32 copy of the logits for the backward, and entropy
-carries gradients only when asked to."""
+"""The logits path of the packed forward (the scoring head): chunked float32 logprobs and entropy equal the
+whole-matrix computation (values and gradients), keep no float32 logits for the backward when recomputed,
+and entropy carries gradients only when asked to."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from r1ray.protocol import pack
 from r1ray.workers.engines import packing
-from r1ray.workers.engines.packing import (forward_response, pack_for_forward, pad_for_forward, padded_chunks,
-                                          token_entropy, token_logprobs)
+from r1ray.workers.engines.packing import forward_response, pack_for_forward, pad_for_forward, padded_chunks
 
 K, V = 10, 37
 
@@ -32,39 +31,56 @@ def _value_and_grad(fn, logits: torch.Tensor, weights: torch.Tensor) -> tuple[to
     return out.detach(), leaf.grad
 
 
+def _head(dtype: torch.dtype, d: int = 8, v: int = V, seed: int = 0) -> torch.nn.Linear:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.nn.Linear(d, v, bias=False).to(dtype)
+
+
+def _scores(head, hidden, targets, temperature, entropy_grad=True):
+    """The scoring head's (N, 2) = (log p(target), entropy) of `hidden` through `head`'s weight."""
+    return packing._score_positions(head, hidden, targets, temperature, True, entropy_grad)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("chunk", [3, K, 4 * K])
-def test_chunked_logprobs_and_entropy_equal_the_whole_matrix(chunk: int, temperature: float, dtype) -> None:
-    """Bit for bit: each row's float32 arithmetic is the same whether it is upcast alone or with all rows,
-    and so is its gradient, cast back to the logits' dtype (float32 or bfloat16)."""
+@pytest.mark.parametrize("recompute", [False, True])
+def test_chunked_scores_equal_the_whole_matrix(monkeypatch, chunk: int, temperature: float, dtype,
+                                               recompute: bool) -> None:
+    """Chunks of `chunk` positions, logits kept or recomputed in the backward: the values and the hidden
+    states' gradients of the whole (K, V) matrix upcast at once, in float32 (the head's GEMM over a chunk
+    may round differently from one over all rows, so within the dtype's tolerance)."""
+    monkeypatch.setattr(packing, "LOGITS_CHUNK_TOKENS", chunk)
+    monkeypatch.setattr(packing, "LOGITS_RECOMPUTE_BYTES", 0 if recompute else 2**40)
     gen = torch.Generator().manual_seed(0)
-    logits = (3 * torch.randn(K, V, generator=gen)).to(dtype)
+    head = _head(dtype)
+    hidden = (3 * torch.randn(K, 8, generator=gen)).to(dtype)
     targets = torch.randint(0, V, (K,), generator=gen)
-    weights = torch.randn(K, generator=gen)
-    cases = [(lambda x: token_logprobs(x, targets, temperature, chunk),
-              lambda x: _reference(x, targets, temperature)[0]),
-             (lambda x: token_entropy(x, temperature, chunk),
-              lambda x: _reference(x, targets, temperature)[1])]
-    for chunked, whole in cases:
-        got, got_grad = _value_and_grad(chunked, logits, weights)
-        want, want_grad = _value_and_grad(whole, logits, weights)
-        assert got.dtype == torch.float32 and got_grad.dtype == dtype
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
-        torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=0)
+    weights = torch.randn(K, 2, generator=gen)
+    got, got_grad = _value_and_grad(lambda x: _scores(head, x, targets, temperature), hidden, weights)
+    want, want_grad = _value_and_grad(lambda x: torch.stack(_reference(head(x), targets, temperature), -1),
+                                      hidden, weights)
+    assert got.dtype == torch.float32 and got_grad.dtype == dtype
+    torch.testing.assert_close(got, want)
+    # bf16 gradients: a bf16 GEMM over other row blocks, within one bf16 rounding step (2**-7) of the largest.
+    tolerance = {} if dtype == torch.float32 else dict(atol=2**-7 * float(want_grad.abs().max()), rtol=2**-6)
+    torch.testing.assert_close(got_grad, want_grad, **tolerance)
 
 
-def test_chunked_gradients_pass_gradcheck() -> None:
-    """Checkpointed chunks recompute their forward in the backward; the analytic gradient must still be
-    the true one (float64 logits stay float64, so finite differences are exact enough)."""
+def test_chunked_gradients_pass_gradcheck(monkeypatch) -> None:
+    """Recomputed chunks run their forward again in the backward; the analytic gradient must still be the
+    true one (float64 stays float64, so finite differences are exact enough)."""
+    monkeypatch.setattr(packing, "LOGITS_CHUNK_TOKENS", 3)
+    monkeypatch.setattr(packing, "LOGITS_RECOMPUTE_BYTES", 0)
     gen = torch.Generator().manual_seed(1)
-    logits = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    head = _head(torch.float64, d=4, v=5)
+    hidden = torch.randn(7, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 5, (7,), generator=gen)
-    assert torch.autograd.gradcheck(lambda x: token_logprobs(x, targets, 0.7, 3), (logits,))
-    assert torch.autograd.gradcheck(lambda x: token_entropy(x, 0.7, 3), (logits,))
+    assert torch.autograd.gradcheck(lambda x: _scores(head, x, targets, 0.7), (hidden,))
 
 
-def _saved_float32_sizes(fn, logits: torch.Tensor) -> list[int]:
+def _saved_float32_sizes(fn, x: torch.Tensor) -> list[int]:
     """numel of every float32 tensor autograd keeps for the backward while `fn` runs."""
     sizes: list[int] = []
 
@@ -74,27 +90,48 @@ def _saved_float32_sizes(fn, logits: torch.Tensor) -> list[int]:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack_hook, lambda t: t):
-        fn(logits)
+        fn(x)
     return sizes
 
 
-def test_no_float32_copy_of_the_logits_is_kept_for_the_backward() -> None:
+def test_no_float32_logits_are_kept_for_the_backward_when_recomputed(monkeypatch) -> None:
     k, v, chunk = 64, 500, 16
-    logits = torch.randn(k, v).to(torch.bfloat16).requires_grad_(True)
+    monkeypatch.setattr(packing, "LOGITS_CHUNK_TOKENS", chunk)
+    monkeypatch.setattr(packing, "LOGITS_RECOMPUTE_BYTES", 0)          # as for a real vocabulary
+    head = _head(torch.bfloat16, v=v)
+    hidden = torch.randn(k, 8).to(torch.bfloat16).requires_grad_(True)
     targets = torch.randint(0, v, (k,))
     # The whole-matrix computation keeps (K, V) float32 tensors: the check below can see them.
-    assert max(_saved_float32_sizes(lambda x: _reference(x, targets, 0.7), logits)) >= k * v
-    for fn in (lambda x: token_logprobs(x, targets, 0.7, chunk), lambda x: token_entropy(x, 0.7, chunk)):
-        assert all(n < chunk * v for n in _saved_float32_sizes(fn, logits))
+    assert max(_saved_float32_sizes(lambda x: _reference(head(x), targets, 0.7)[0], hidden)) >= k * v
+    assert all(n < chunk * v for n in _saved_float32_sizes(lambda x: _scores(head, x, targets, 0.7), hidden))
 
 
-def test_empty_logits_stay_connected_to_the_graph() -> None:
+def test_no_positions_stay_connected_to_the_graph() -> None:
     """A micro-batch whose responses are all empty still backpropagates (FSDP's reduce-scatter must run)."""
-    logits = torch.zeros(0, V, requires_grad=True)
-    logp = token_logprobs(logits, torch.zeros(0, dtype=torch.int64), 1.0)
-    assert logp.shape == (0,) and logp.grad_fn is not None
-    logp.sum().backward()
-    assert logits.grad is not None
+    head = _head(torch.float32)
+    hidden = torch.zeros(0, 8, requires_grad=True)
+    scores = _scores(head, hidden, torch.zeros(0, dtype=torch.int64), 1.0)
+    assert scores.shape == (0, 2) and scores.grad_fn is not None
+    scores.sum().backward()
+    assert hidden.grad is not None and head.weight.grad is not None
+
+
+def test_greedy_scores_at_temperature_one_in_float32() -> None:
+    gen = torch.Generator().manual_seed(0)
+    head = _head(torch.float32, v=11)
+    hidden = torch.randn(5, 8, generator=gen)
+    targets = torch.tensor([0, 3, 10, 7, 7])
+    with torch.no_grad():
+        for temperature in (1.0, 0.7):
+            logits = head(hidden) / temperature
+            scores = _scores(head, hidden, targets, temperature)
+            torch.testing.assert_close(scores[:, 0], torch.log_softmax(logits, -1)[torch.arange(5), targets])
+            probs = torch.softmax(logits, -1)
+            torch.testing.assert_close(scores[:, 1], -(probs * probs.log()).sum(-1))
+        # Greedy (temperature 0) scores with the raw logits; bf16 hidden states score in float32.
+        torch.testing.assert_close(_scores(head, hidden, targets, 0.0), _scores(head, hidden, targets, 1.0))
+        bf16 = _head(torch.bfloat16, v=11)
+        assert _scores(bf16, hidden.to(torch.bfloat16), targets, 1.0).dtype == torch.float32
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -156,42 +156,6 @@ def _chunk_logprobs(logits: Tensor, targets: Tensor, temperature: float) -> Tens
 def _chunk_entropy(logits: Tensor, temperature: float) -> Tensor:
     logp = torch.log_softmax(_scaled(logits, temperature), dim=-1)
     return -(logp.exp() * logp).sum(-1)
-
-
-def _by_chunks(fn: Callable[..., Tensor], logits: Tensor, rows: tuple[Tensor, ...], temperature: float,
-               chunk_tokens: int | None) -> Tensor:
-    """`fn` over chunks of `chunk_tokens` rows of `logits` (and of each tensor in `rows`), concatenated.
-
-    With gradients, each chunk runs under activation checkpointing: its float32 (chunk, V) upcast and
-    softmax are freed after the forward and recomputed in the backward, so only the compute-dtype logits
-    stay alive between forward and backward.
-    """
-    if len(logits) == 0:
-        return _scaled(logits, 1.0).sum(-1)
-    grad = torch.is_grad_enabled() and logits.requires_grad
-    size = chunk_tokens or LOGITS_CHUNK_TOKENS
-    parts = []
-    for pieces in zip(logits.split(size), *(r.split(size) for r in rows)):
-        if grad:
-            parts.append(checkpoint(fn, *pieces, temperature, use_reentrant=False, preserve_rng_state=False))
-        else:
-            parts.append(fn(*pieces, temperature))
-    return torch.cat(parts)
-
-
-def token_logprobs(logits: Tensor, targets: Tensor, temperature: float, chunk_tokens: int | None = None) -> Tensor:
-    """(K, V) logits, (K,) targets -> (K,) log p(target) at the sampling temperature, in float32
-    (float64 for float64 logits), `chunk_tokens` (default `LOGITS_CHUNK_TOKENS`) rows at a time.
-
-    Temperature is applied to each float32 chunk, not to the compute-dtype logits: dividing bf16 logits
-    would round them once more and widen the gap to the sampler, which divides in float32.
-    """
-    return _by_chunks(_chunk_logprobs, logits, (targets,), temperature, chunk_tokens)
-
-
-def token_entropy(logits: Tensor, temperature: float, chunk_tokens: int | None = None) -> Tensor:
-    """(K, V) -> (K,) entropy of the sampling distribution, in float32 (chunked like `token_logprobs`)."""
-    return _by_chunks(_chunk_entropy, logits, (), temperature, chunk_tokens)
 
 
 def forward_response(model: torch.nn.Module, packed: PackedInputs | PaddedInputs, device: torch.device,
