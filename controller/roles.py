@@ -9,10 +9,9 @@ from pathlib import Path
 import ray
 
 from r1ray.config import R1RayConfig
-from r1ray.config_checks import uses_reference_model
 from r1ray.controller.shared_storage import check_shared_output
 from r1ray.errors import UnsharedStorage
-from r1ray.loss_spec import resolve_preset
+from r1ray.loss_spec import resolve_preset, uses_reference_model
 from r1ray.memory_plan import token_budgets
 from r1ray.rewards import RewardSpec
 from r1ray.workers.engines import EngineSpec, RolloutSpec

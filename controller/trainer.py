@@ -17,7 +17,7 @@ import torch
 
 from r1ray.algos import kl_coef_schedule
 from r1ray.config import R1RayConfig
-from r1ray.config_checks import uses_reference_model
+from r1ray.loss_spec import uses_reference_model
 from r1ray.config_load import config_to_dict
 from r1ray.errors import InputMismatch, NothingToDo, Stopped, WorkerFailure
 from r1ray.memory_plan import budget_at, token_budgets

@@ -17,9 +17,9 @@ from r1ray.config import AlgorithmConfig, DataConfig, R1RayConfig
 from r1ray.data import TASKS
 from r1ray.data.template import PromptStyle
 from r1ray.engines import ROLLOUT_ENGINES, TRAIN_ENGINES, EngineRegistry
-from r1ray import memory_plan
 from r1ray.rewards import reward_names
-from r1ray.loss_spec import POLICY_LOSS_NAMES, resolve_preset
+from r1ray import memory_plan
+from r1ray.loss_spec import POLICY_LOSS_NAMES, resolve_preset, uses_reference_model
 
 GROUP_ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline")
 
@@ -169,14 +169,6 @@ def _ref_path_rules(cfg: R1RayConfig) -> list[str]:
         return [f"model.ref_path: vocab_size {sizes['model.ref_path']} differs from model.path's "
                 f"{sizes['model.path']}; the reference must use the policy's tokenizer"]
     return []
-
-
-def uses_reference_model(cfg: R1RayConfig) -> bool:
-    """A reference model runs only when KL can be non-zero at some step."""
-    a = cfg.algorithm
-    if a.kl_placement == "none":
-        return False
-    return a.kl_coef > 0 or (a.kl_schedule != "constant" and a.kl_coef_final > 0)
 
 
 def _data_rules(cfg: R1RayConfig) -> list[str]:

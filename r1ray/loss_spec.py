@@ -2,6 +2,8 @@
 
 `POLICY_LOSS_NAMES` are the keys of `r1ray.algos.loss_registry.POLICY_LOSSES`; the rollout-correction
 presets and their defaults live here, and `r1ray.algos.rollout_correction` computes their weights.
+`uses_reference_model` says whether the KL term needs a reference model at all (read by the config checks,
+the memory plan and the controller).
 """
 
 from __future__ import annotations
@@ -51,3 +53,11 @@ def resolve_preset(name: str, cap: float = 0.0, band=()) -> CorrectionPreset | N
                              f"0 <= low < 1 < high")
         preset = CorrectionPreset(preset.level, preset.mode, cap=preset.cap, band=(low, high))
     return preset
+
+
+def uses_reference_model(cfg) -> bool:
+    """A reference model runs only when the KL term can be non-zero at some step (`cfg`: an R1RayConfig)."""
+    a = cfg.algorithm
+    if a.kl_placement == "none":
+        return False
+    return a.kl_coef > 0 or (a.kl_schedule != "constant" and a.kl_coef_final > 0)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1ray.config import PoolConfig, R1RayConfig
+from r1ray.loss_spec import uses_reference_model
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -91,6 +92,13 @@ KNOWN_SHAPES = {
 }
 
 
+# What `model.init_tiny` builds besides its configured hidden size and layers (r1ray/models/tiny.py:
+# TinyModelSpec, and the character tokenizer's 3 special + 4 format tokens + 256 byte symbols, tied
+# embeddings). Written out because importing r1ray.models loads torch and transformers, 4 s of every
+# config check; tests/unit/test_memory_plan.py builds the model and checks the two agree.
+TINY_HEADS, TINY_KV_HEADS, TINY_VOCAB = 4, 2, 263
+
+
 def shape_from_config(config: dict) -> ModelShape:
     """A Hugging Face config.json (a multimodal one's text_config) as a ModelShape; KeyError if incomplete."""
     c = config.get("text_config") or config
@@ -113,14 +121,9 @@ def model_shape(cfg: R1RayConfig) -> ModelShape | None:
         except (ValueError, KeyError, TypeError):
             return None
     if m.init_tiny:
-        from r1ray.models.tiny import TinyModelSpec
-        from r1ray.models.tokenizer import FORMAT_TOKENS, SPECIAL_TOKENS
-
-        spec = TinyModelSpec()
-        # The character tokenizer: special and format tokens, then the 256 byte symbols; tied embeddings.
         return ModelShape(layers=m.tiny_layers, hidden=m.tiny_hidden, intermediate=4 * m.tiny_hidden,
-                          heads=spec.heads, kv_heads=spec.kv_heads, head_dim=m.tiny_hidden // spec.heads,
-                          vocab=len(SPECIAL_TOKENS) + len(FORMAT_TOKENS) + 256, tied=True)
+                          heads=TINY_HEADS, kv_heads=TINY_KV_HEADS, head_dim=m.tiny_hidden // TINY_HEADS,
+                          vocab=TINY_VOCAB, tied=True)
     return KNOWN_SHAPES.get(m.path) or KNOWN_SHAPES.get(m.fetch)
 
 
@@ -338,9 +341,8 @@ def _colocated_parts(cfg: R1RayConfig, shape: ModelShape) -> dict[str, float]:
     """What other roles leave on an actor device while it trains."""
     p, b = cfg.placement, DTYPE_BYTES[cfg.model.dtype]
     parts = {}
-    kl = cfg.algorithm.kl_placement != "none" and (cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_coef_final > 0)
     # A reference sharing the rollout's devices is offloaded between its passes (controller/roles.py).
-    if kl and p.ref == p.actor and p.ref != p.rollout:
+    if uses_reference_model(cfg) and p.ref == p.actor and p.ref != p.rollout:
         pool = p.pools[p.ref]
         parts["reference"] = reference_states(cfg, shape, pool.nodes * pool.devices_per_node)
     if p.rollout == p.actor and cfg.rollout.engine == "hf":

@@ -480,7 +480,7 @@ def test_whole_units_trims_kept_groups_and_carries_their_fields() -> None:
 
 
 def test_no_reference_model_when_kl_is_zero_at_every_step() -> None:
-    from r1ray.config_checks import uses_reference_model
+    from r1ray.loss_spec import uses_reference_model
 
     cfg = R1RayConfig()
     with_kl = lambda **kw: replace(cfg, algorithm=replace(cfg.algorithm, **kw))  # noqa: E731
