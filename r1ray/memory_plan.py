@@ -248,7 +248,6 @@ class Stage:
 class MemoryPlan:
     shape: ModelShape
     device_gib: float               # one actor device
-    rollout_device_gib: float
     stages: list[Stage]
 
     @property
@@ -313,7 +312,7 @@ def plan_memory(cfg: R1RayConfig, shape: ModelShape) -> MemoryPlan:
             problem = f"memory plan, {where}: {rollout_problem}"
         stages.append(Stage(start, response, longest, parts, largest if largest >= needs else 0, needs, step_columns, budget,
                             rollout, kv_sequences, problem))
-    return MemoryPlan(shape, device / GIB, device_memory_gib(rollout_pool), stages)
+    return MemoryPlan(shape, device / GIB, stages)
 
 
 def token_budgets(cfg: R1RayConfig) -> list[tuple[int, int]]:

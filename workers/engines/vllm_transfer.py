@@ -21,12 +21,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from vllm.distributed.weight_transfer import WeightTransferEngine, WeightTransferEngineFactory
 from vllm.distributed.weight_transfer.base import WeightTransferInitInfo, WeightTransferUpdateInfo
 
 from r1ray.workers.fingerprint import Fingerprints, WeightSyncError
-from r1ray.workers.weight_sync import SyncGroup, SyncGroupSpec
+from r1ray.workers.weight_sync import SyncGroup, SyncGroupSpec, device_uuid
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +153,7 @@ class R1RayWorkerExtension:
     def r1ray_device_uuid(self) -> str:
         """This worker's GPU UUID ("" on CPU). Under RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES TP rank t
         takes the t-th of the engine's GPUs, which need not be the GPU of the t-th bundle."""
-        device = self.device
-        return str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else ""
+        return device_uuid(self.device)
 
     def r1ray_unloaded_layers(self) -> list[str]:
         """The layers with parameters that received no tensor in the last update."""
