@@ -6,7 +6,7 @@ from __future__ import annotations
 from r1ray.config import R1RayConfig
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams
 from r1ray.rewards import ScoreBatch
-from r1ray.workers.group import setup_groups
+from r1ray.workers.group import setup_groups, start_groups
 from r1ray.workers.placement import Placement
 
 from r1ray.controller.roles import build_reward_group, build_rollout_group, shutdown_groups
@@ -28,8 +28,9 @@ class InferenceRoles:
         if model_path:
             cfg = replace(cfg, model=replace(cfg.model, path=model_path))
         slots = placement.only(["rollout", "reward"]).create(cfg.trainer.startup_timeout_s)
-        self.rollout = build_rollout_group(cfg, slots["rollout"], placement)
-        self.reward = build_reward_group(cfg, slots["reward"])
+        self.rollout = build_rollout_group(cfg, slots["rollout"], placement, wait=False)
+        self.reward = build_reward_group(cfg, slots["reward"], wait=False)
+        start_groups([self.rollout, self.reward])
         setup_groups([self.rollout, self.reward], cfg.trainer.startup_timeout_s)
 
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:

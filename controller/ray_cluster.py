@@ -19,6 +19,11 @@ from r1ray.workers.placement import PlacementError
 logger = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Ray starts idle worker processes ahead of the first tasks (one per CPU, up to the machine's cores). r1ray
+# starts none of its workers from them: every role's actor gets a runtime environment of its own (its thread
+# counts), which an idle worker of the job's environment cannot take. On 2 cores an embedded cluster started
+# two such processes, importing Ray at start and holding 160 MB between them for the whole run.
+NO_PRESTART = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
 
 
 class ClusterUnreachable(ConnectionError):
@@ -59,7 +64,7 @@ def connect(address: str, *, num_cpus: int, needed_cpus: float, dashboard: bool,
     # address="local" starts our own cluster even when a `ray start` head runs on this machine
     # (plain ray.init() would attach to it and ignore num_cpus).
     ray.init(address="local", num_cpus=cpus, namespace=namespace, include_dashboard=dashboard, dashboard_host=dashboard_host,
-             _node_ip_address="127.0.0.1", log_to_driver=True,
+             _node_ip_address="127.0.0.1", log_to_driver=True, _system_config=NO_PRESTART,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "R1RAY_LOOPBACK": "1"}})
     # Checked after init: Ray 2.52+ reads RAY_AUTH_MODE, and Ray 2.60 turns token auth on by itself for the
     # clusters ray.init() starts when the variable is unset, so only Ray can say whether it is on.

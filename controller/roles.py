@@ -16,7 +16,7 @@ from r1ray.memory_plan import token_budgets
 from r1ray.rewards import RewardSpec
 from r1ray.workers.engines import EngineSpec, RolloutSpec
 from r1ray.workers.engines.base import vllm_sleep_level
-from r1ray.workers.group import WorkerGroup, setup_groups
+from r1ray.workers.group import WorkerGroup, setup_groups, start_groups
 from r1ray.workers.losses import LossSettings
 from r1ray.workers.placement import Placement, WorkerSlot
 from r1ray.workers.role_groups import (ActorGroup, RefGroup, RewardGroup, RolloutGroup, engine_slots,
@@ -110,16 +110,16 @@ def rollout_spec(cfg: R1RayConfig, placement: Placement | None = None) -> Rollou
         cpu_kv_cache_gib=r.cpu_kv_cache_gib)
 
 
-def build_rollout_group(cfg: R1RayConfig, slots: list, placement: Placement) -> RolloutGroup:
+def build_rollout_group(cfg: R1RayConfig, slots: list, placement: Placement, wait: bool = True) -> RolloutGroup:
     spec = rollout_spec(cfg, placement)
     engines = engine_slots(slots, spec.tensor_parallel_size, on_gpu=spec.device == "gpu")
     return RolloutGroup(engines, spec, startup_timeout_s=cfg.trainer.startup_timeout_s,
-                        collective_timeout_s=cfg.trainer.collective_timeout_s)
+                        collective_timeout_s=cfg.trainer.collective_timeout_s, wait=wait)
 
 
-def build_reward_group(cfg: R1RayConfig, slots: list) -> RewardGroup:
+def build_reward_group(cfg: R1RayConfig, slots: list, wait: bool = True) -> RewardGroup:
     return RewardGroup(slots, reward_spec(cfg), startup_timeout_s=cfg.trainer.startup_timeout_s,
-                       collective_timeout_s=cfg.trainer.collective_timeout_s)
+                       collective_timeout_s=cfg.trainer.collective_timeout_s, wait=wait)
 
 
 def colocated(placement: Placement) -> bool:
@@ -149,14 +149,16 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
     t = cfg.trainer
     total_opt_steps = t.total_steps * cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
     spec = engine_spec(cfg, total_opt_steps)
+    # Every group's workers start at once (`start_groups`), not one group after another.
     actor = ActorGroup(slots["actor"], engine_kind=cfg.actor.engine, spec=spec, loss=loss_settings(cfg),
-                       startup_timeout_s=t.startup_timeout_s, collective_timeout_s=t.collective_timeout_s)
+                       startup_timeout_s=t.startup_timeout_s, collective_timeout_s=t.collective_timeout_s, wait=False)
     # model.ref_path: a reference other than the policy's starting weights (e.g. the base model under an SFT'd policy).
     ref_spec = ref_engine_spec(cfg, spec)
     ref = (RefGroup(slots["ref"], engine_kind=cfg.actor.engine, spec=ref_spec, startup_timeout_s=t.startup_timeout_s,
-                    collective_timeout_s=t.collective_timeout_s) if use_ref else None)
-    roles = Roles(actor, ref, build_rollout_group(cfg, slots["rollout"], placement),
-                  build_reward_group(cfg, slots["reward"]))
+                    collective_timeout_s=t.collective_timeout_s, wait=False) if use_ref else None)
+    roles = Roles(actor, ref, build_rollout_group(cfg, slots["rollout"], placement, wait=False),
+                  build_reward_group(cfg, slots["reward"], wait=False))
+    start_groups(roles.all())
     if colocated(placement):
         # vLLM sizes its KV cache from the free device memory it profiles at start-up: it must start (and
         # go to sleep) before the actor and reference load onto the same devices.

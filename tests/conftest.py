@@ -7,9 +7,15 @@ every test that asks for them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# One OpenMP/torch thread in the test processes and what they start (CLI runs, reward subprocesses): the two
+# test processes of `-n 2` share the machine's cores, and ops spread over threads that the other process
+# also wants wait on them. Workers get theirs from `placement.threads_per_worker` (1 in TEST_CONFIG).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Modules that run for a minute or more (seconds of one test process on 2 cores, `--durations`), heaviest
 # first. Under `pytest -n 2 --dist loadscope` a module runs whole in one process and the next free process
@@ -17,12 +23,12 @@ import pytest
 # few-test modules last, so that one of them ran alone at the end while the other process sat idle.
 # Heaviest first (longest-processing-time order) leaves only the short modules for the end.
 HEAVY_MODULES = {
-    "tests/e2e/test_cli_train.py": 280, "tests/e2e/test_pipeline_commands.py": 255, "tests/ray/test_multinode.py": 240,
-    "tests/ray/test_smollm2.py": 200, "tests/ray/test_trainer_rewards.py": 175, "tests/ray/test_async_grpo.py": 125,
-    "tests/ray/test_free_running.py": 110, "tests/ray/test_checkpoint_resume.py": 105,
-    "tests/ray/test_vllm_trainer.py": 100,
-    "tests/deploy/test_ray_job.py": 95, "tests/ray/test_vllm_tensor_parallel.py": 90,
-    "tests/ray/test_train_engines.py": 90, "tests/ray/test_vllm_rollout.py": 85,
+    "tests/ray/test_multinode.py": 275, "tests/ray/test_free_running.py": 200, "tests/ray/test_smollm2.py": 190,
+    "tests/e2e/test_pipeline_commands.py": 185, "tests/e2e/test_cli_train.py": 150,
+    "tests/ray/test_checkpoint_resume.py": 145, "tests/deploy/test_ray_job.py": 100, "tests/ray/test_vllm_trainer.py": 90,
+    "tests/ray/test_trainer_rewards.py": 90, "tests/ray/test_fsdp2_engine.py": 80, "tests/ray/test_async_grpo.py": 80,
+    "tests/ray/test_vllm_tensor_parallel.py": 70, "tests/ray/test_disk_full.py": 65, "tests/ray/test_vllm_rollout.py": 60,
+    "tests/ray/test_train_engines.py": 60, "tests/ray/test_fsdp2_gpu_readiness.py": 55,
 }
 
 
@@ -46,7 +52,9 @@ def ray_cluster():
     """
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+    from r1ray.controller.ray_cluster import NO_PRESTART
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, _system_config=NO_PRESTART,
              runtime_env={"env_vars": {"R1RAY_LOOPBACK": "1", "TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     ray.shutdown()
@@ -79,6 +87,7 @@ placement:
   ref: train
   rollout: gen
   reward: gen
+  threads_per_worker: 1
 trainer: {eval_every: 0, eval_before_train: false, startup_timeout_s: 120, collective_timeout_s: 120}
 logging: {console: false, jsonl: true, tensorboard: false, wandb: false}
 """

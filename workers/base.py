@@ -1,4 +1,9 @@
-"""What every r1ray Ray actor shares: rank bookkeeping and the torch.distributed rendezvous."""
+"""What every r1ray Ray actor shares (`Worker`: rank bookkeeping, lifecycle, a rendezvous address), and what
+the workers that compute with torch add (`TorchWorker`: a device, capped threads, the torch.distributed world).
+
+Only `TorchWorker` imports torch: a reward worker, whose scoring runs in subprocesses of its own, starts
+without it (about 2 s of CPU and 200 MB of resident memory less per reward worker).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,10 @@ import logging
 import os
 import socket
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +47,8 @@ def default_group_backend(device: torch.device) -> str:
 
 def pick_device() -> torch.device:
     """The GPU Ray assigned to this actor, or the CPU (an actor that reserved no GPU gets none from Ray)."""
+    import torch
+
     if not torch.cuda.is_available():
         return torch.device("cpu")
     import ray
@@ -66,6 +75,8 @@ def cap_threads() -> None:
     """Torch threads = OMP_NUM_THREADS (set from the placement), at most the cores this process may run
     on: a one-node Ray cluster may declare more CPUs than the machine has, and more threads than cores
     only adds contention."""
+    import torch
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     wanted = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or torch.get_num_threads()
     torch.set_num_threads(max(1, min(wanted, cores)))
@@ -81,9 +92,7 @@ class Worker:
         self.role = role
         self.rank = rank
         self.world_size = world_size
-        self.device = pick_device()
         self.events: list[str] = []
-        cap_threads()
 
     def _record(self, event: str) -> None:
         self.events = (self.events + [event])[-LIFECYCLE_KEEP:]
@@ -104,12 +113,26 @@ class Worker:
         """Host and a free port, asked of rank 0 to host the group's rendezvous."""
         return node_ip(), free_port()
 
+    def shutdown(self) -> None:
+        """Release what the worker holds before its process ends; subclasses add their engines."""
+
+
+class TorchWorker(Worker):
+    """A worker that computes with torch: the GPU Ray assigned (or the CPU), torch threads capped at the
+    cores the process may use, and the role's torch.distributed world."""
+
+    def __init__(self, role: str, rank: int, world_size: int):
+        super().__init__(role, rank, world_size)
+        self.device = pick_device()
+        cap_threads()
+
     def init_distributed(self, master_addr: str, master_port: int, timeout_s: float) -> None:
         """Join this role's torch.distributed world (see `default_group_backend`).
 
         `timeout_s` is the collective timeout of the group (`trainer.collective_timeout_s`): how long a
         rank waits in any later collective for the others, not how long the workers may take to start.
         """
+        import torch
         import torch.distributed as dist
 
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
@@ -127,3 +150,4 @@ class Worker:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+        super().shutdown()

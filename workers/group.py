@@ -31,16 +31,20 @@ class WorkerStartupError(RuntimeError):
 class WorkerGroup:
     def __init__(self, role: str, worker_cls: type, slots: Sequence[WorkerSlot], *, startup_timeout_s: float,
                  collective_timeout_s: float, distributed: bool, init_kwargs: dict[str, Any] | None = None,
-                 per_rank_kwargs: Sequence[dict[str, Any]] | None = None, env_vars: dict[str, str] | None = None):
+                 per_rank_kwargs: Sequence[dict[str, Any]] | None = None, env_vars: dict[str, str] | None = None,
+                 wait: bool = True):
+        """Starts the workers; with `wait=False` returns before they are up, and `start_groups` (given this
+        group with others) waits for all of them at once."""
         self.role = role
         self.slots = list(slots)
         self.startup_timeout_s = startup_timeout_s          # workers up, process group joined
         self.collective_timeout_s = collective_timeout_s    # every collective of the role's process group
+        self.distributed = distributed
         per_rank = list(per_rank_kwargs) if per_rank_kwargs is not None else [{} for _ in self.slots]
         self.workers = self._build_workers(worker_cls, init_kwargs or {}, per_rank, env_vars or {})
-        self._wait("ping", [w.ping.remote() for w in self.workers])
-        if distributed:
-            self._build_process_group()
+        self.starting: list[ray.ObjectRef] | None = [w.ping.remote() for w in self.workers]   # None once up
+        if wait:
+            start_groups([self])
 
     @property
     def world_size(self) -> int:
@@ -59,21 +63,6 @@ class WorkerGroup:
                 role=self.role, rank=slot.rank, world_size=len(self.slots), **init_kwargs, **own_kwargs))
         return workers
 
-    def _build_process_group(self) -> None:
-        master_addr, master_port = self._wait("address", [self.workers[0].address.remote()])[0]
-        refs = [w.init_distributed.remote(master_addr, master_port, self.collective_timeout_s) for w in self.workers]
-        self._wait("init_distributed", refs)
-
-    def _wait(self, what: str, refs: list) -> list:
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.startup_timeout_s)
-        if pending:
-            missing = [i for i, r in enumerate(refs) if r in pending]
-            for w in self.workers:
-                ray.kill(w)
-            raise WorkerStartupError(
-                f"role '{self.role}': ranks {missing} did not finish {what} within {self.startup_timeout_s:g}s "
-                f"(check the cluster has free resources for this role and the worker logs under /tmp/ray)")
-        return ray.get(refs)
 
     def ping(self) -> list[str]:
         return self._call("ping")
@@ -146,3 +135,41 @@ def setup_groups(groups: Sequence[WorkerGroup], timeout_s: float) -> None:
                 f"bundles) or a model load that hangs; see the worker logs under /tmp/ray")
         ray.get(done)
 
+
+def start_groups(groups: Sequence[WorkerGroup]) -> None:
+    """Wait until every worker of `groups` is up (its constructor ran: imports, device, threads) and each
+    distributed group has joined its torch.distributed world, within each group's `startup_timeout_s`.
+
+    The groups start at the same time: a worker's start is mostly importing torch and the engine's
+    libraries, and one group waiting for the previous one left cores idle (on 2 cores, the actor's two
+    ranks took 6.4 s and the rollout worker 5.3 s more after them; on GPU nodes the roles' processes start
+    on different devices). A group that does not come up in time stops every group given here.
+    """
+    starting = [g for g in groups if g.starting is not None]
+    _wait_all(starting, "ping", {g: g.starting for g in starting})
+    distributed = [g for g in starting if g.distributed]
+    hosts = _wait_all(starting, "address", {g: [g.workers[0].address.remote()] for g in distributed})
+    _wait_all(starting, "init_distributed", {
+        g: [w.init_distributed.remote(*hosts[g][0], g.collective_timeout_s) for w in g.workers] for g in distributed})
+    for g in starting:
+        g.starting = None
+
+
+def _wait_all(groups: Sequence[WorkerGroup], what: str, refs: dict[WorkerGroup, list]) -> dict[WorkerGroup, list]:
+    """Every group's `what` calls done within its startup deadline, else every group in `groups` is killed and
+    one line names the late roles and ranks."""
+    start = time.monotonic()
+    late = []
+    for group, group_refs in refs.items():
+        left = max(0.0, group.startup_timeout_s - (time.monotonic() - start))
+        _, pending = ray.wait(group_refs, num_returns=len(group_refs), timeout=left)
+        if pending:
+            missing = [i for i, r in enumerate(group_refs) if r in pending]
+            late.append(f"role '{group.role}': ranks {missing} did not finish {what} within {group.startup_timeout_s:g}s")
+    if late:
+        for group in groups:
+            for w in group.workers:
+                ray.kill(w)
+        raise WorkerStartupError(f"{'; '.join(late)} (check the cluster has free resources for these roles and the "
+                                 f"worker logs under /tmp/ray)")
+    return {group: ray.get(group_refs) for group, group_refs in refs.items()}

@@ -5,12 +5,12 @@ from __future__ import annotations
 from torch import Tensor
 
 from r1ray.protocol import TrainBatch
-from r1ray.workers.base import Worker
+from r1ray.workers.base import TorchWorker
 from r1ray.workers.engines import EngineSpec, TrainEngine, build_train_engine
 from r1ray.workers.weight_sync import device_uuid
 
 
-class PolicyWorker(Worker):
+class PolicyWorker(TorchWorker):
     """Base of ActorWorker and RefWorker; the engine is built in `setup`, after the rendezvous."""
 
     def __init__(self, role: str, rank: int, world_size: int, engine_kind: str, spec: EngineSpec):

@@ -89,13 +89,13 @@ def client_threads(spec: RolloutSpec) -> dict[str, str]:
 
 class RolloutGroup(WorkerGroup):
     def __init__(self, engines: Sequence[EngineSlot], spec: RolloutSpec, *, startup_timeout_s: float,
-                 collective_timeout_s: float, worker_cls: type = RolloutWorker):
+                 collective_timeout_s: float, worker_cls: type = RolloutWorker, wait: bool = True):
         self.engines = list(engines)
         super().__init__("rollout", worker_cls, [e.slot for e in engines], startup_timeout_s=startup_timeout_s,
                          collective_timeout_s=collective_timeout_s, distributed=False,
                          per_rank_kwargs=[dict(bundle_indices=e.bundle_indices, tp_worker_gpus=e.tp_worker_gpus)
                                           for e in engines],
-                         init_kwargs=dict(spec=spec), env_vars=client_threads(spec))
+                         init_kwargs=dict(spec=spec), env_vars=client_threads(spec), wait=wait)
 
     def generate_async(self, prompts: PromptBatch, sampling: SamplingParams) -> list[ray.ObjectRef]:
         """Prompts spread over the engines (contiguous shares)."""
@@ -126,9 +126,10 @@ class RolloutGroup(WorkerGroup):
 
 class RewardGroup(WorkerGroup):
     def __init__(self, slots: Sequence[WorkerSlot], spec: RewardSpec, *, startup_timeout_s: float,
-                 collective_timeout_s: float):
+                 collective_timeout_s: float, wait: bool = True):
         super().__init__("reward", RewardWorker, slots, startup_timeout_s=startup_timeout_s,
-                         collective_timeout_s=collective_timeout_s, distributed=False, init_kwargs=dict(spec=spec))
+                         collective_timeout_s=collective_timeout_s, distributed=False, init_kwargs=dict(spec=spec),
+                         wait=wait)
 
     def score_async(self, rollout: RolloutBatch) -> list[ray.ObjectRef]:
         """Every response scored against its ground truth, in contiguous shares per reward worker."""
@@ -167,18 +168,19 @@ class PolicyGroup(WorkerGroup):
 
 class RefGroup(PolicyGroup):
     def __init__(self, slots: Sequence[WorkerSlot], *, engine_kind: str, spec: EngineSpec, startup_timeout_s: float,
-                 collective_timeout_s: float):
+                 collective_timeout_s: float, wait: bool = True):
         super().__init__("ref", RefWorker, slots, startup_timeout_s=startup_timeout_s,
                          collective_timeout_s=collective_timeout_s, distributed=True,
-                         init_kwargs=dict(engine_kind=engine_kind, spec=spec))
+                         init_kwargs=dict(engine_kind=engine_kind, spec=spec), wait=wait)
 
 
 class ActorGroup(PolicyGroup):
     def __init__(self, slots: Sequence[WorkerSlot], *, engine_kind: str, spec: EngineSpec, loss: LossSettings,
-                 startup_timeout_s: float, collective_timeout_s: float, worker_cls: type = ActorWorker):
+                 startup_timeout_s: float, collective_timeout_s: float, worker_cls: type = ActorWorker,
+                 wait: bool = True):
         super().__init__("actor", worker_cls, slots, startup_timeout_s=startup_timeout_s,
                          collective_timeout_s=collective_timeout_s, distributed=True,
-                         init_kwargs=dict(engine_kind=engine_kind, spec=spec, loss=loss))
+                         init_kwargs=dict(engine_kind=engine_kind, spec=spec, loss=loss), wait=wait)
 
     def update_async(self, batch: TrainBatch, *, temperature: float, kl_coef: float, mini_batches: int,
                      ppo_epochs: int, token_budget: int | None = None) -> list[ray.ObjectRef]:

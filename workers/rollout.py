@@ -15,12 +15,12 @@ from typing import Sequence
 import torch
 
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams, derive_seed
-from r1ray.workers.base import Worker
+from r1ray.workers.base import TorchWorker
 from r1ray.workers.engines import RolloutEngine, RolloutSpec, build_rollout_engine
 from r1ray.workers.engines.base import FingerprintTable
 from r1ray.workers.weight_sync import Manifest, SyncGroupSpec
 
-class RolloutWorker(Worker):
+class RolloutWorker(TorchWorker):
     def __init__(self, role: str, rank: int, world_size: int, spec: RolloutSpec,
                  bundle_indices: Sequence[int] = (), tp_worker_gpus: float = 0.0):
         super().__init__(role, rank, world_size)

@@ -70,6 +70,8 @@ def descendants(pid: int) -> list[int]:
 def kill_descendants(pid: int) -> int:
     """SIGKILL every process below `pid` until none is left; how many were killed. Their zombies are
     reaped by their parent (this process, when `pid` is this process and it is a subreaper)."""
+    if pid == os.getpid() and not has_children():
+        return 0
     killed = 0
     for _ in range(_KILL_ROUNDS):
         found = descendants(pid)
@@ -85,6 +87,23 @@ def kill_descendants(pid: int) -> int:
         if pid == os.getpid():
             reap_children()
     return killed
+
+
+def has_children() -> bool:
+    """Whether this process still has a child once the exited ones are reaped, from `waitpid` alone.
+
+    For a subreaper that is whether anything at all runs below it: an orphan anywhere in its subtree is
+    re-parented to it, so a live descendant always has a live ancestor among its children. The reward
+    worker asks after every sample, and almost always the answer is no: this spares it the /proc scan
+    of every process on the machine (1.5 ms a sample beside a Ray cluster, a third of a sample's cost).
+    """
+    while True:
+        try:
+            child, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if child == 0:
+            return True
 
 
 def reap_children() -> None:

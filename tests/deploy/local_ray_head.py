@@ -10,6 +10,7 @@ outlived its parent), and ends those processes by pid.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import psutil
 
-PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port",
-              "--object-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-              "--metrics-export-port", "--runtime-env-agent-port")
+NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+                   "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port")
+PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", *NODE_PORT_FLAGS)
 
 
 def free_port() -> int:
@@ -41,6 +42,7 @@ class LocalHead:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="r1h-", dir="/tmp")))
     ports: dict[str, int] = field(default_factory=lambda: {flag: free_port() for flag in PORT_FLAGS})
     process: subprocess.Popen | None = None
+    nodes: list[subprocess.Popen] = field(default_factory=list)     # `ray start --address` of joined nodes
 
     @property
     def token_path(self) -> Path:
@@ -72,6 +74,35 @@ class LocalHead:
             self.process = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True, cwd=self.root)
         self._wait_ready(timeout_s)
+
+    def add_node(self, num_cpus: int, timeout_s: float = 180.0) -> None:
+        """Another node joining this head as a worker machine of a real cluster joins it (`ray start
+        --address`, the token in its environment), here a second raylet on 127.0.0.1 with ports of its own;
+        returns once the head counts it alive."""
+        cmd = ["ray", "start", "--address", f"127.0.0.1:{self.ports['--port']}", "--block", "--node-ip-address",
+               "127.0.0.1", "--num-cpus", str(num_cpus), "--disable-usage-stats"]
+        for flag in NODE_PORT_FLAGS:
+            cmd += [flag, str(free_port())]
+        with open(self.root / f"node{len(self.nodes) + 1}.log", "wb") as log:
+            self.nodes.append(subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True, cwd=self.root))
+        deadline = time.monotonic() + timeout_s
+        while self.alive_nodes() < 1 + len(self.nodes):
+            if self.nodes[-1].poll() is not None or time.monotonic() > deadline:
+                log = (self.root / f"node{len(self.nodes)}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the node did not join within {timeout_s:g}s: {log}")
+            time.sleep(1.0)
+
+    def alive_nodes(self) -> int:
+        """Nodes the head counts alive (the state API of its dashboard, with the token)."""
+        request = urllib.request.Request(f"{self.address}/api/v0/nodes?limit=100",
+                                         headers={"Authorization": f"Bearer {self.token_path.read_text()}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                nodes = json.loads(response.read())["data"]["result"]["result"]
+        except (OSError, ValueError, KeyError):
+            return 0
+        return sum(1 for n in nodes if n.get("state") == "ALIVE")
 
     def _wait_ready(self, timeout_s: float) -> None:
         """Ready when the job API answers; a 401 counts, since it comes from the token check."""

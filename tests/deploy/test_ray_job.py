@@ -1,14 +1,17 @@
 """`ray job submit` and `r1ray submit` against a real `ray start --head` with token authentication.
 
-One head for the module (4 CPUs, room for the quickstart's CPU bundles), started on 127.0.0.1
-with its own temp dir, ports and token, and stopped by pid in the fixture's teardown (never `ray stop`,
-which would end other developers' clusters too). Each job trains the quickstart for 2 steps; its driver
-joins this head through RAY_ADDRESS rather than starting a cluster of its own.
+One cluster for the module: a head and a second node joined to it (`ray start --address`), 1 CPU each, on
+127.0.0.1 with their own ports and the head's token, stopped by pid in the fixture's teardown (never `ray
+stop`, which would end other developers' clusters too). Each job trains the quickstart for 2 steps; its
+driver joins the cluster through RAY_ADDRESS rather than starting one of its own, and the quickstart's two
+CPU bundles (actor; rollout and reward) cannot share a node, so every job runs across the two nodes: the
+working directory the job uploads reaches the second node through the cluster, as on a real one.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -24,13 +27,16 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 JOB_TIMEOUT_S = 240
+# A row of the worker placement table the driver logs: role, rank, ..., the Ray node's id (12 hex digits).
+RANK_ROW = re.compile(r"^(actor|rollout|reward)\s+\d+\s+\S+\s+\d+\s+\d+\s+\S+\s+\S+\s+\d+\s+([0-9a-f]{12})$", re.M)
 
 
 @pytest.fixture(scope="module")
 def head():
-    server = LocalHead(num_cpus=4)
+    server = LocalHead(num_cpus=1)
     try:
         server.start()
+        server.add_node(num_cpus=1)
         yield server
     finally:
         left = server.stop()
@@ -51,7 +57,8 @@ def tiny(out: Path, *extra: str) -> list[str]:
     return [f"trainer.output_dir={out}", f"model.path={out}/tiny-model", "model.tiny_hidden=32", "stages=[]",
             "trainer.total_steps=2", "trainer.eval_every=0", "trainer.eval_before_train=false",
             "data.generate.train_size=64", "data.generate.val_size=0", "data.prompts_per_step=4", "rollout.n=4",
-            "algorithm.kl_placement=none", "logging.wandb=false", "logging.tensorboard=false", *extra]
+            "algorithm.kl_placement=none", "logging.wandb=false", "logging.tensorboard=false",
+            "placement.threads_per_worker=1", *extra]
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: float = JOB_TIMEOUT_S) -> subprocess.CompletedProcess:
@@ -87,6 +94,10 @@ def test_ray_job_submit_runs_the_quickstart(head, experiment, tmp_path):
     assert_trained(out)
     logs = job_logs(head, "r1ray-ray-cli")
     assert "ray: cluster at" in logs and "local cluster" not in logs, logs[-3000:]
+    # The rank table: the actor on one node, rollout and reward on the other.
+    nodes = {role: node for role, node in RANK_ROW.findall(logs)}
+    assert set(nodes) == {"actor", "rollout", "reward"}, logs[-3000:]
+    assert nodes["actor"] != nodes["rollout"] == nodes["reward"], logs[-3000:]
 
 
 def test_r1ray_submit_waits_for_success(head, experiment, tmp_path):

@@ -30,6 +30,10 @@ STEP_METRICS = ("reward/mean", "actor/pg_loss", "actor/grad_norm", "timing_s/gen
 # has no signal; the length reward differs between samples, so the policy moves and the KL checks mean something.
 MOVING_REWARD = ["algorithm.kl_placement=loss", "reward.functions=[auto,format,still3_length]",
                  "reward.weights=[1.0,0.1,0.1]"]
+# One torch thread per worker: the two test processes (`-n 2`) share the machine's cores, and a worker that
+# spreads its ops over threads the other process's workers also want waits on them (a small step took 3x as
+# long with 2-4 threads a worker as with 1).
+ONE_THREAD = "placement.threads_per_worker=1"
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
@@ -83,7 +87,7 @@ def quickstart(tmp_path_factory) -> QuickstartRun:
     engine = "vllm" if HAS_VLLM else "hf"
     done = _r1ray("train", "--config", str(QUICKSTART), "stages=[]", "trainer.total_steps=3",
                   f"rollout.engine={engine}", f"trainer.output_dir={out}", f"model.path={tmp / 'model'}",
-                  "data.generate.val_size=8", "logging.console=false", *MOVING_REWARD, cwd=tmp, timeout=580)
+                  "data.generate.val_size=8", "logging.console=false", ONE_THREAD, *MOVING_REWARD, cwd=tmp, timeout=580)
     assert done.returncode == 0, done.stderr[-3000:]
     return QuickstartRun(tmp, out, done, engine)
 
@@ -165,7 +169,7 @@ def interrupted(tmp_path_factory) -> InterruptedRun:
     run = [_r1ray_exe(), "train", "--config", str(QUICKSTART), "stages=[]", "actor.engine=deepspeed",
            "actor.zero_stage=3", "placement.pools.train.devices_per_node=2", f"trainer.output_dir={out}",
            f"model.path={tmp / 'model'}", "data.generate.val_size=0", "logging.console=false",
-           "trainer.save_every=1", "trainer.keep_checkpoints=3", "trainer.total_steps=500", *MOVING_REWARD]
+           "trainer.save_every=1", "trainer.keep_checkpoints=3", "trainer.total_steps=500", ONE_THREAD, *MOVING_REWARD]
 
     # Logs go to files: DeepSpeed and Ray's worker logs would fill a pipe nobody reads until the end.
     first_log = tmp / "first.stderr"

@@ -32,6 +32,10 @@ GRPO_STEPS = 12
 STAGES = ('stages=[{name: cold_start, kind: sft}, {name: grpo, kind: grpo}, '
           '{name: sample, kind: sample, overrides: [sample.k=4, data.generate.train_size=64]}, '
           '{name: eval, kind: eval, overrides: [eval.n=2, "eval.ks=[1,2]"]}]')
+# One torch thread per worker: the two test processes (`-n 2`) share the machine's cores, and a worker that
+# spreads its ops over threads the other process's workers also want waits on them (a small step took 3x as
+# long with 2-4 threads a worker as with 1).
+ONE_THREAD = "placement.threads_per_worker=1"
 STAGE_DIRS = ("1_cold_start", "2_grpo", "3_sample", "4_eval")
 SUMMARY = re.compile(r"^2_grpo: held-out pass@1 (\d\.\d{3}) \(step 0\) -> (\d\.\d{3}) \(step (\d+)\)$", re.M)
 
@@ -76,7 +80,7 @@ def pipeline(tmp_path_factory) -> Pipeline:
     # checkpoints, everything under tmp; a sample and an eval stage added after GRPO.
     args = ["train", "--config", str(QUICKSTART), f"trainer.output_dir={out}", f"model.path={out / 'tiny'}",
             f"sft.max_steps={SFT_STEPS}", f"trainer.total_steps={GRPO_STEPS}", f"trainer.eval_every={GRPO_STEPS // 2}",
-            "trainer.save_every=0", "data.generate.val_size=64", "logging.console=false", STAGES]
+            "trainer.save_every=0", "data.generate.val_size=64", "logging.console=false", ONE_THREAD, STAGES]
     return Pipeline(root, out, args, r1ray(*args, cwd=root, timeout=1100))
 
 
@@ -226,7 +230,7 @@ def test_standalone_sft_on_sampled_rows_then_eval(pipeline):
     sft_out = p.root / "rft"
     sft = r1ray("sft", "--config", QUICKSTART, f"trainer.output_dir={sft_out}",
                 f"model.path={p.out / '2_grpo' / 'model'}", "model.init_tiny=false", f"sft.train_files=[{sampled}]",
-                "sft.max_steps=5", "sft.sequences_per_step=2", "sft.lr=1e-4", "logging.console=false",
+                "sft.max_steps=5", "sft.sequences_per_step=2", "sft.lr=1e-4", "logging.console=false", ONE_THREAD,
                 cwd=p.root, timeout=400)
     assert sft.done.returncode == 0, sft.done.stderr[-3000:]
     model = sft_out / "model"
@@ -238,7 +242,7 @@ def test_standalone_sft_on_sampled_rows_then_eval(pipeline):
 
     eval_out = p.root / "eval"
     ev = r1ray("eval", "--config", QUICKSTART, f"trainer.output_dir={eval_out}", f"model.path={model}",
-               "model.init_tiny=false", "data.generate.val_size=16", "eval.n=2", "eval.ks=[1,2]",
+               "model.init_tiny=false", "data.generate.val_size=16", "eval.n=2", "eval.ks=[1,2]", ONE_THREAD,
                cwd=p.root, timeout=400)
     assert ev.done.returncode == 0, ev.done.stderr[-3000:]
     result = json.loads((eval_out / "eval.json").read_text())

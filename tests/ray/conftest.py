@@ -87,7 +87,7 @@ class ActorRollout:
 
 def _slots(role: str, pool: str, size: int):
     placement = Placement(pools={pool: ResourcePool(devices_per_node=size, cpus_per_bundle=CPU_SHARE)},
-                          roles={role: pool})
+                          roles={role: pool}, threads_per_worker=1)
     return placement.create(timeout_s=60)[role]
 
 

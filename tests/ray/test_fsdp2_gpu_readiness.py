@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM
 from r1ray.controller.roles import engine_spec, loss_settings
 from r1ray.protocol import split_batch
 from r1ray.workers.actor import ActorWorker
-from r1ray.workers.base import Worker, default_group_backend, free_port
+from r1ray.workers.base import TorchWorker, default_group_backend, free_port
 from r1ray.workers.engines.packing import forward_response, pad_for_forward
 from r1ray.workers.placement import Placement, ResourcePool
 from r1ray.workers.role_groups import PolicyGroup
@@ -67,7 +67,7 @@ def test_default_group_backend_sends_cpu_tensors_over_gloo() -> None:
 def test_init_distributed_takes_the_collective_timeout(monkeypatch) -> None:
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.setenv(key, "")           # restored after the test: init_distributed sets them
-    worker = Worker("actor", 0, 1)
+    worker = TorchWorker("actor", 0, 1)
     worker.init_distributed("127.0.0.1", free_port(), timeout_s=77)
     try:
         backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
@@ -80,7 +80,8 @@ def test_init_distributed_takes_the_collective_timeout(monkeypatch) -> None:
 
 
 def _probed_group(ar, pool: str, **spec_changes) -> PolicyGroup:
-    placement = Placement(pools={pool: ResourcePool(devices_per_node=2, cpus_per_bundle=0.25)}, roles={"actor": pool})
+    placement = Placement(pools={pool: ResourcePool(devices_per_node=2, cpus_per_bundle=0.25)}, roles={"actor": pool},
+                          threads_per_worker=1)
     slots = placement.create(timeout_s=60)["actor"]
     spec = replace(engine_spec(ar.cfg, total_optimizer_steps=1), **spec_changes)
     group = PolicyGroup("actor", ProbedActorWorker, slots, startup_timeout_s=120, collective_timeout_s=120,

@@ -13,8 +13,8 @@ import torch.distributed as dist
 from ray.util.placement_group import remove_placement_group
 
 from r1ray.protocol import PromptBatch, concat_batches
-from r1ray.workers.base import Worker
-from r1ray.workers.group import WorkerGroup, WorkerStartupError, setup_groups
+from r1ray.workers.base import TorchWorker, Worker
+from r1ray.workers.group import WorkerGroup, WorkerStartupError, setup_groups, start_groups
 from r1ray.workers.placement import Placement, PlacementError, ResourcePool
 
 pytestmark = pytest.mark.timeout(120)
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(120)
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-class EchoWorker(Worker):
+class EchoWorker(TorchWorker):
     """A minimal role: reports who it is, transforms its share of a batch, joins collectives."""
 
     def __init__(self, role: str, rank: int, world_size: int, tag: str):
@@ -60,7 +60,7 @@ class SlowWorker(Worker):
 
 def _slots(pool_name: str, role: str, size: int, cpus: float = 0.5):
     placement = Placement(pools={pool_name: ResourcePool(devices_per_node=size, cpus_per_bundle=cpus)},
-                          roles={role: pool_name})
+                          roles={role: pool_name}, threads_per_worker=1)
     return placement.create(timeout_s=60)[role]
 
 
@@ -174,6 +174,33 @@ def test_startup_timeout_names_the_role(ray_cluster):
         assert time.monotonic() - started < 30
     finally:
         _release(slots)
+
+
+def test_groups_start_together_and_a_late_one_stops_them_all(ray_cluster):
+    """`start_groups`: the workers of several groups start at the same time (two groups whose workers each
+    take 3 s to construct are up in about 3 s, not 6); when one group is late, the line names it and the
+    other group's workers are stopped with it."""
+    slots = {role: _slots(f"start_{role}", role, 1, cpus=0.25) for role in ("actor", "rollout", "reward")}
+    try:
+        started = time.monotonic()
+        groups = [WorkerGroup(role, SlowWorker, slots[role], startup_timeout_s=60, collective_timeout_s=60,
+                              distributed=False, init_kwargs={"delay_s": 3}, wait=False) for role in ("actor", "rollout")]
+        assert all(g.starting is not None for g in groups)
+        start_groups(groups)
+        assert time.monotonic() - started < 5.5 and all(g.starting is None for g in groups)
+        for group in groups:
+            group.kill()
+
+        fast = WorkerGroup("rollout", SlowWorker, slots["rollout"], startup_timeout_s=60, collective_timeout_s=60,
+                           distributed=False, init_kwargs={"delay_s": 0}, wait=False)
+        late = WorkerGroup("reward", SlowWorker, slots["reward"], startup_timeout_s=2, collective_timeout_s=60,
+                           distributed=False, init_kwargs={"delay_s": 60}, wait=False)
+        with pytest.raises(WorkerStartupError, match=r"^role 'reward': ranks \[0\] did not finish ping within 2s \("):
+            start_groups([fast, late])
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(fast.workers[0].ping.remote(), timeout=30)      # stopped with the late group
+    finally:
+        _release([s for role_slots in slots.values() for s in role_slots])
 
 
 def test_an_engine_setup_that_never_ends_fails_at_the_startup_deadline(ray_cluster):

@@ -10,6 +10,10 @@ threads at 1 (`placement.threads_per_worker`): by default a one-node cluster giv
 node's CPUs and a multi-node one a bundle's, and a different thread count changes the order of the float
 sums (the rollout engine's logprobs then differ in their last bits, 4.6e-8 against 5.0e-8).
 
+A run of DeepSpeed ZeRO-3 over the same two nodes with vLLM's engine on the third is the run whose actor
+node is then lost with no replacement (it needs to train only until its first checkpoint, so one run
+covers both).
+
 Ray rewrites a loopback address to the machine's network address when a driver joins by address;
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, in this process (for the raylets it starts) and in the runs', keeps
 every node and driver on 127.0.0.1.
@@ -17,6 +21,7 @@ every node and driver on 127.0.0.1.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -260,15 +265,38 @@ def test_a_placement_the_nodes_cannot_hold_is_refused_before_any_worker_starts(c
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
 
 
-def test_with_no_node_to_replace_a_lost_one_the_run_fails_within_the_startup_deadline(cluster, config, tmp_path):
-    """The same loss with no replacement: the restart cannot place the groups again, and the run ends within
-    `trainer.startup_timeout_s` with one line saying what the cluster lacks, instead of waiting for ever."""
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+def test_deepspeed_over_two_nodes_with_vllm_on_a_third_and_no_node_to_replace_a_lost_one(cluster, tmp_path):
+    """DeepSpeed ZeRO-3's two ranks on two nodes and vLLM's engine on the third (where both are installed, as
+    in CI; FSDP2 and the HF engine otherwise) train until step 1's checkpoint: gradients and ZeRO-3's
+    parameter gathers cross the node boundary, and the weight sync into vLLM (fingerprint-checked) too.
+    Then an actor node is lost with no replacement: the restart cannot place the groups again, and the run
+    ends within `trainer.startup_timeout_s` with one line saying what the cluster lacks, instead of waiting
+    for ever."""
+    from r1ray.models import build_tiny_model
+    from tests.conftest import TEST_CONFIG
+
+    path = tmp_path / "small.yaml"
+    path.write_text(TEST_CONFIG)
+    # vLLM's CPU attention wants a head size of 32 or more.
+    model = build_tiny_model(tmp_path / "model", hidden=64, layers=2, heads=2, kv_heads=1, max_position_embeddings=256)
+    engines = [f"actor.engine={'deepspeed' if HAS_DEEPSPEED else 'fsdp2'}", "actor.zero_stage=3",
+               f"rollout.engine={'vllm' if HAS_VLLM else 'hf'}"]
     try:
-        run, stderr, seconds = start_and_lose_an_actor_node(cluster, config, tmp_path / "out",
-                                                         "trainer.startup_timeout_s=30", "trainer.total_steps=100")
+        run, stderr, seconds = start_and_lose_an_actor_node(cluster, (path, [f"model.path={model}"]), tmp_path / "out",
+                                                         *engines, "trainer.startup_timeout_s=30",
+                                                         "trainer.total_steps=100")
     finally:
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")          # the module's three nodes again
     print(f"no capacity: the run ended {seconds:.1f} s after the removal")
+    nodes = {(role, int(rank)): node for role, rank, node in RANK_ROW.findall(stderr)}
+    assert len({nodes["actor", 0], nodes["actor", 1], nodes["rollout", 0]}) == 3, stderr[-3000:]
+    first = metrics(tmp_path / "out")[0]
+    assert first["step"] == 1 and first["actor/grad_norm"] > 0, first
+    assert first["rollout/logprob_gap"] < (1e-2 if HAS_VLLM else 1e-3), first      # the engine sampled the actor's weights
     assert run.returncode != 0 and "restart 1 of 1 from" in stderr, stderr[-3000:]
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, stderr[-3000:]

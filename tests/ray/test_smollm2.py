@@ -153,12 +153,17 @@ def initial_template(smollm2) -> str:
     return load_tokenizer(smollm2["model"]).chat_template
 
 
+# One torch thread per worker: the two test processes (`-n 2`) share the machine's cores, and a worker that
+# spreads its ops over threads the other process's workers also want waits on them (a small step took 3x as
+# long with 2-4 threads a worker as with 1).
+ONE_THREAD = "placement.threads_per_worker=1"
+
 # Two small steps of the shipped config: 2 prompts x 4 samples, 24-token responses, 4 held-out problems. The
 # untrained model is right about 10% of the time, so 8 samples often all score 0 on accuracy alone; the
 # length reward varies between samples, so every step has advantages to train on.
 SMALL = ["trainer.total_steps=2", "data.prompts_per_step=1", "rollout.n=4", "rollout.max_response_length=24",
          "data.generate.train_size=16", "data.generate.val_size=4", "trainer.eval_every=0",
-         "reward.functions=[auto,format,still3_length]", "reward.weights=[1.0,0.1,0.1]"]
+         "reward.functions=[auto,format,still3_length]", "reward.weights=[1.0,0.1,0.1]", ONE_THREAD]
 
 
 HAS_VLLM = __import__("importlib").util.find_spec("vllm") is not None
@@ -221,7 +226,7 @@ def test_r1ray_eval_on_gsm8k_problems(smollm2, tmp_path, ray_cluster):
     cfg = load_config(CONFIG, [f"model.path={smollm2['model']}", "model.fetch=''", f"trainer.output_dir={tmp_path}",
                                f"data.val_files=[{problems}]", f"data.train_files=[{problems}]", "eval.n=2",
                                "eval.ks=[1,2]", "rollout.max_response_length=64", "rollout.max_prompt_length=400",
-                               f"eval.out_file={result}"])
+                               f"eval.out_file={result}", ONE_THREAD])
     assert run_eval(cfg)["path"] == str(result)
     report = json.loads(result.read_text())
     assert report["prompts"] == 3 and report["samples_per_prompt"] == 2

@@ -96,7 +96,8 @@ def _perturbed_copy(src, dst):
 
 
 def _slots(role: str, pool: str, size: int):
-    placement = Placement(pools={pool: ResourcePool(devices_per_node=size, cpus_per_bundle=SHARE)}, roles={role: pool})
+    placement = Placement(pools={pool: ResourcePool(devices_per_node=size, cpus_per_bundle=SHARE)}, roles={role: pool},
+                          threads_per_worker=1)
     return placement.create(timeout_s=60)[role]
 
 

@@ -40,7 +40,8 @@ def test_tp2_engine_receives_the_sync_on_both_workers_and_matches_hf(ray_cluster
                        "rollout.tensor_parallel_size=2", "placement.pools.gen.devices_per_node=2", "rollout.max_prompt_length=32", "rollout.max_response_length=16")
 
     def slots(role, pool, size):
-        placement = Placement(pools={pool: ResourcePool(devices_per_node=size, cpus_per_bundle=0.25)}, roles={role: pool})
+        placement = Placement(pools={pool: ResourcePool(devices_per_node=size, cpus_per_bundle=0.25)}, roles={role: pool},
+                              threads_per_worker=1)
         return placement.create(timeout_s=60)[role]
 
     from dataclasses import replace
