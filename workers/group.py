@@ -63,7 +63,6 @@ class WorkerGroup:
                 role=self.role, rank=slot.rank, world_size=len(self.slots), **init_kwargs, **own_kwargs))
         return workers
 
-
     def ping(self) -> list[str]:
         return self._call("ping")
 

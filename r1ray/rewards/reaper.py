@@ -95,7 +95,7 @@ def has_children() -> bool:
     For a subreaper that is whether anything at all runs below it: an orphan anywhere in its subtree is
     re-parented to it, so a live descendant always has a live ancestor among its children. The reward
     worker asks after every sample, and almost always the answer is no: this spares it the /proc scan
-    of every process on the machine (1.5 ms a sample beside a Ray cluster, a third of a sample's cost).
+    of every process on the machine (1.5 ms a sample beside a Ray cluster, about half of a sample's cost).
     """
     while True:
         try:
