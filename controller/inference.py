@@ -6,10 +6,10 @@ from __future__ import annotations
 from r1ray.config import R1RayConfig
 from r1ray.protocol import PromptBatch, RolloutBatch, SamplingParams
 from r1ray.rewards import ScoreBatch
-from r1ray.workers.group import setup_groups, start_groups
+from r1ray.workers.group import WorkerGroup, setup_groups, start_groups
 from r1ray.workers.placement import Placement
 
-from r1ray.controller.roles import build_reward_group, build_rollout_group, shutdown_groups
+from r1ray.controller.roles import build_reward_group, build_rollout_group, release, shutdown_groups
 
 
 def correct_flags(cfg: R1RayConfig, scored: ScoreBatch) -> list[bool]:
@@ -28,10 +28,17 @@ class InferenceRoles:
         if model_path:
             cfg = replace(cfg, model=replace(cfg.model, path=model_path))
         slots = placement.only(["rollout", "reward"]).create(cfg.trainer.startup_timeout_s)
-        self.rollout = build_rollout_group(cfg, slots["rollout"], placement, wait=False)
-        self.reward = build_reward_group(cfg, slots["reward"], wait=False)
-        start_groups([self.rollout, self.reward])
-        setup_groups([self.rollout, self.reward], cfg.trainer.startup_timeout_s)
+        started: list[WorkerGroup] = []
+        try:
+            self.rollout = build_rollout_group(cfg, slots["rollout"], placement, wait=False)
+            started.append(self.rollout)
+            self.reward = build_reward_group(cfg, slots["reward"], wait=False)
+            started.append(self.reward)
+            start_groups(started)
+            setup_groups(started, cfg.trainer.startup_timeout_s)
+        except BaseException:
+            release(started, slots)          # nothing reserved outlives a failed start
+            raise
 
     def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
         return self.rollout.generate(prompts, sampling)

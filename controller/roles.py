@@ -10,7 +10,6 @@ import ray
 
 from r1ray.config import R1RayConfig
 from r1ray.controller.shared_storage import check_shared_output
-from r1ray.errors import UnsharedStorage
 from r1ray.loss_spec import resolve_preset, uses_reference_model
 from r1ray.memory_plan import token_budgets
 from r1ray.rewards import RewardSpec
@@ -141,23 +140,37 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
         logger.info("algorithm.kl_coef is 0 at every step: no reference model, no reference pass")
     wanted = ["actor", "rollout", "reward"] + (["ref"] if use_ref else [])
     slots = placement.only(wanted).create(cfg.trainer.startup_timeout_s)
+    started: list[WorkerGroup] = []
     try:
         check_shared_output(Path(cfg.trainer.output_dir), slots["actor"])
-    except UnsharedStorage:
-        remove_placement_groups([s for role_slots in slots.values() for s in role_slots])
+        roles = _start_roles(cfg, placement, slots, use_ref, started)
+        connect_weight_sync(roles, cfg, placement)
+    except BaseException:
+        # A start that fails part-way (a late group, an engine that cannot load) frees what it took: the
+        # restart that follows creates the placement groups again, under the same names.
+        release(started, slots)
         raise
+    return roles
+
+
+def _start_roles(cfg: R1RayConfig, placement: Placement, slots: dict[str, list[WorkerSlot]], use_ref: bool,
+                 started: list[WorkerGroup]) -> Roles:
+    """Every group's workers started at once (`start_groups`), not one group after another, then their
+    engines built; each group is appended to `started` as soon as it exists, for `release`."""
     t = cfg.trainer
     total_opt_steps = t.total_steps * cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
     spec = engine_spec(cfg, total_opt_steps)
-    # Every group's workers start at once (`start_groups`), not one group after another.
     actor = ActorGroup(slots["actor"], engine_kind=cfg.actor.engine, spec=spec, loss=loss_settings(cfg),
                        startup_timeout_s=t.startup_timeout_s, collective_timeout_s=t.collective_timeout_s, wait=False)
+    started.append(actor)
     # model.ref_path: a reference other than the policy's starting weights (e.g. the base model under an SFT'd policy).
     ref_spec = ref_engine_spec(cfg, spec)
     ref = (RefGroup(slots["ref"], engine_kind=cfg.actor.engine, spec=ref_spec, startup_timeout_s=t.startup_timeout_s,
                     collective_timeout_s=t.collective_timeout_s, wait=False) if use_ref else None)
-    roles = Roles(actor, ref, build_rollout_group(cfg, slots["rollout"], placement, wait=False),
-                  build_reward_group(cfg, slots["reward"], wait=False))
+    started += [ref] if ref is not None else []
+    started.append(build_rollout_group(cfg, slots["rollout"], placement, wait=False))
+    started.append(build_reward_group(cfg, slots["reward"], wait=False))
+    roles = Roles(actor, ref, started[-2], started[-1])
     start_groups(roles.all())
     if colocated(placement):
         # vLLM sizes its KV cache from the free device memory it profiles at start-up: it must start (and
@@ -169,8 +182,15 @@ def build_roles(cfg: R1RayConfig, placement: Placement) -> Roles:
             ref.offload()                # onloaded for its pass only (`Trainer.with_logprobs`)
     else:
         setup_groups(roles.all(), t.startup_timeout_s)
-    connect_weight_sync(roles, cfg, placement)
     return roles
+
+
+def release(groups: list[WorkerGroup], slots: dict[str, list[WorkerSlot]]) -> None:
+    """After a failed start: kill the groups' workers (mid-setup, they would not answer a shutdown call) and
+    remove every placement group of `slots`, which also ends any worker not yet in a group."""
+    for group in groups:
+        group.kill()
+    remove_placement_groups([s for role_slots in slots.values() for s in role_slots])
 
 
 def sync_backend(placement: Placement) -> str:

@@ -154,18 +154,27 @@ class Placement:
         self.validate(ray.cluster_resources(), nodes)
         single_node_cpus = float(nodes[0].get("CPU", 1.0)) if len(nodes) == 1 else None
         slots: dict[str, list[WorkerSlot]] = {role: [] for role in self.roles}
-        for name in sorted(set(self.roles.values())):
-            pool = self.pools[name]
-            groups = [placement_group([pool.bundle()] * pool.devices_per_node, strategy="STRICT_PACK",
-                                      name=f"r1ray-{name}-{i}") for i in range(pool.nodes)]
-            ready, _ = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=timeout_s)
-            if len(ready) < len(groups):
-                alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-                raise PlacementError(f"pool '{name}': only {len(ready)} of {len(groups)} placement groups became "
-                                     f"ready within {timeout_s:g}s; it needs {show(pool.bundle())} x "
-                                     f"{pool.devices_per_node} on each of {pool.nodes} node(s), beside the other "
-                                     f"pools, and the cluster's nodes are now: {describe_nodes(alive)}")
-            self._fill_slots(name, pool, groups, slots, self.threads_for(pool, single_node_cpus))
+        reserved: list[PlacementGroup] = []
+        try:
+            for name in sorted(set(self.roles.values())):
+                pool = self.pools[name]
+                groups = [placement_group([pool.bundle()] * pool.devices_per_node, strategy="STRICT_PACK",
+                                          name=f"r1ray-{name}-{i}") for i in range(pool.nodes)]
+                reserved += groups
+                ready, _ = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=timeout_s)
+                if len(ready) < len(groups):
+                    alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+                    raise PlacementError(f"pool '{name}': only {len(ready)} of {len(groups)} placement groups became "
+                                         f"ready within {timeout_s:g}s; it needs {show(pool.bundle())} x "
+                                         f"{pool.devices_per_node} on each of {pool.nodes} node(s), beside the other "
+                                         f"pools, and the cluster's nodes are now: {describe_nodes(alive)}")
+                self._fill_slots(name, pool, groups, slots, self.threads_for(pool, single_node_cpus))
+        except BaseException:
+            # Nothing stays reserved after a failure: a pending group would take its resources as soon as
+            # they free up, and a retry (a restart) creates the groups again under the same names.
+            for group in reserved:
+                ray.util.remove_placement_group(group)
+            raise
         log_rank_table(slots)
         return slots
 

@@ -112,6 +112,17 @@ def _train_batch(cfg, rollout: RolloutBatch) -> TrainBatch:
     return build_train_batch(rollout, scores, cfg.algorithm, kl_coef=0.0)
 
 
+@pytest.fixture
+def new_placement_groups(ray_cluster):
+    """A function: the names of the placement groups the cluster holds (or waits to place) now that it did not
+    hold when the test started; a test that fails to start something must leave none."""
+    def held() -> dict[str, str]:
+        return {pg_id: pg["name"] for pg_id, pg in ray.util.placement_group_table().items() if pg["state"] != "REMOVED"}
+
+    before = held()
+    return lambda: sorted(name for pg_id, name in held().items() if pg_id not in before)
+
+
 @pytest.fixture(scope="session")
 def actor_rollout(ray_cluster, small_config, tmp_path_factory):
     cfg = prepare_files(small_config(tmp_path_factory.mktemp("sync_run")))

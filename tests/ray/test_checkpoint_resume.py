@@ -264,6 +264,22 @@ def test_without_restarts_a_killed_worker_ends_the_run_naming_it(small_config, t
     assert [m["step"] for m in _metrics(tmp_path / "run")] == [1]
 
 
+def test_a_restart_after_a_failed_start_places_the_groups_again(small_config, tmp_path, caplog, new_placement_groups):
+    """trainer.startup_timeout_s=1: no torch worker is up within a second, so the start fails, and so does its
+    restart. The restart gets as far as the first start: the failed start freed its placement groups (a
+    restart used to die on their names, "placement group 'r1ray-gen-0' already exists", with a traceback).
+    The run ends with one line naming the late roles, and nothing stays reserved."""
+    with pytest.raises(WorkerFailure) as failure:
+        Trainer(small_config(tmp_path / "run", "trainer.startup_timeout_s=1", "trainer.max_restarts=1")).fit()
+    message = str(failure.value)
+    assert "\n" not in message and "did not finish ping within 1s" in message, message
+    assert message.endswith("gave up after 1 restart(s)"), message
+    restarts = [r.getMessage() for r in caplog.records if "restart 1 of 1 from the run's start" in r.getMessage()]
+    assert len(restarts) == 1 and "did not finish ping within 1s" in restarts[0], restarts
+    assert new_placement_groups() == []
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_a_run_resumed_at_its_last_step_says_there_is_nothing_to_do(runs, small_config, tmp_path):
     from r1ray.errors import NothingToDo
 

@@ -58,6 +58,14 @@ class SlowWorker(Worker):
         time.sleep(delay_s)
 
 
+@ray.remote
+class Holder:
+    """Holds the CPUs it was created with until killed."""
+
+    def ping(self) -> bool:
+        return True
+
+
 class TimedWorker(Worker):
     """Takes `delay_s` to construct and says when its constructor ran (wall clock, one machine)."""
 
@@ -156,6 +164,27 @@ def test_create_refuses_a_placement_larger_than_the_cluster(ray_cluster):
     placement = Placement(pools={"huge": ResourcePool(devices_per_node=64)}, roles={"actor": "huge"})
     with pytest.raises(PlacementError, match=r"CPU: placement needs 64, cluster has 4 \(short by 60\)"):
         placement.create(timeout_s=5)
+
+
+def test_a_placement_that_does_not_become_ready_reserves_nothing_and_can_be_made_again(new_placement_groups):
+    """Another actor holds all but half a CPU: the placement's first pool is placed, its second cannot be within
+    the timeout. The refusal removes both pools' groups (a pending one would take the CPUs as soon as they free
+    up, and a restart creates the groups again under the same names); once the CPUs are free, the same
+    placement is made."""
+    holder = Holder.options(num_cpus=ray.available_resources()["CPU"] - 0.5).remote()
+    ray.get(holder.ping.remote())
+    placement = Placement(pools={"a_fits": ResourcePool(cpus_per_bundle=0.5),
+                                 "b_held": ResourcePool(devices_per_node=2, cpus_per_bundle=0.5)},
+                          roles={"rollout": "a_fits", "actor": "b_held"}, threads_per_worker=1)
+    try:
+        with pytest.raises(PlacementError, match=r"^pool 'b_held': only 0 of 1 placement groups became ready within 2s"):
+            placement.create(timeout_s=2)
+        assert new_placement_groups() == []
+    finally:
+        ray.kill(holder)
+    slots = placement.create(timeout_s=60)
+    assert new_placement_groups() == ["r1ray-a_fits-0", "r1ray-b_held-0"]
+    _release([s for role_slots in slots.values() for s in role_slots])
 
 
 def test_colocated_roles_get_fractional_shares(ray_cluster):
