@@ -8,8 +8,10 @@ is the one the weights of its stamped version give; a run stopped and resumed tr
 skips none, also when its rollout worker is killed and restarted on the way.
 
 To make a weight update meet a response in the middle of its generation on every step (on 2 cores the
-tiny model could finish all its groups during the update), the test's Trainer sends each sync only once
-some group is mid-generation, or after a second (it holds the pump meanwhile, as the sync does).
+tiny model can finish every group it may admit during the update, vLLM's engine more often than HF's),
+the test's Trainer waits, before each update, for a group with two segments or more still to generate,
+and holds the pump from then until the sync is sent: no round is sent meanwhile, so the sync lands in the
+middle of that group's responses whatever the relative speed of generation and training.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class FreeTrainer(Trainer):
         self.batches: dict[int, object] = {}
         self.weights: dict[int, dict[str, torch.Tensor]] = {}     # version -> the actor's weights
         self.left: list[int] = []                                 # indices given out, not trained, at the end
+        self.holding = False                                      # the pump's lock, from before an update to its sync
         self._step = 0
 
     def step(self, step):
@@ -69,19 +72,44 @@ class FreeTrainer(Trainer):
         self.batches[self._step] = rollout
         return rollout, metrics
 
+    def update(self, batch, kl_coef):
+        if self.free is not None and self.free._thread is not None:
+            self._hold_pump_mid_generation()
+        try:
+            return super().update(batch, kl_coef)
+        except BaseException:
+            self._release_pump()
+            raise
+
+    def _mid_generation(self) -> bool:
+        """Some group has started and has two segments or more to go in every response (call under the lock)."""
+        return any(g.started and not g.finished and all(len(r.tokens) <= g.budget - 2 * self.free.buffer.segment
+                                                        for r in g.responses)
+                   for g in self.free.buffer.groups.values())
+
+    def _hold_pump_mid_generation(self, seconds: float = 10.0) -> None:
+        """Take the pump's lock at a moment a group is mid-generation, for `sync_weights` to release once the
+        sync is sent (after `seconds` without such a moment, go on without it)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.free.lock.acquire()
+            if self._mid_generation():
+                self.holding = True
+                return
+            self.free.lock.release()
+            time.sleep(0.002)
+
+    def _release_pump(self) -> None:
+        if self.holding:
+            self.holding = False
+            self.free.lock.release()
+
     def sync_weights(self):
         self.weights[self.version] = self.roles.actor.full_weights()
-        if self.free is None or self.free._thread is None:
+        try:
             return super().sync_weights()
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            with self.free.lock:
-                if any(g.started and not g.finished and all(len(r.tokens) <= g.budget - 2 * self.free.buffer.segment
-                                                            for r in g.responses)
-                       for g in self.free.buffer.groups.values()):
-                    return super().sync_weights()         # sent before the pump can send another segment
-            time.sleep(0.002)
-        return super().sync_weights()
+        finally:
+            self._release_pump()
 
     def _run(self, resume):
         try:
@@ -240,7 +268,10 @@ class KilledBeforeSync(FreeTrainer):
         if self.version == 1 and not self.killed:
             self.killed = True
             os.kill(ray.get(self.roles.rollout.workers[0].pid.remote()), signal.SIGKILL)
-        return Trainer.sync_weights(self)
+        try:
+            return Trainer.sync_weights(self)
+        finally:
+            self._release_pump()
 
 
 def test_a_weight_update_that_meets_a_dead_engine_ends_the_run_naming_it_within_the_deadline(
