@@ -6,7 +6,8 @@
 
 Workload W1 (the default): a random tiny Qwen2 (4 layers, hidden 128, r1ray's character tokenizer), 2-digit
 addition prompts, --n 64 samples for each of --prompts 4 prompts, up to 128 new tokens, temperature 1.0, KL
-in the loss (beta 0.04, k3), one optimizer step per batch, accuracy reward only, everything else default.
+in the loss (beta 0.04, k3), one optimizer step per batch, accuracy reward only, float32 in both (TRL's
+bf16 default turned off, `trl_args`), everything else default.
 
 Both frameworks run in their own subprocess with OMP_NUM_THREADS=--threads, one after the other:
 - r1ray: `r1ray train --config <work>/r1ray.yaml` (the real CLI path, embedded local Ray cluster); per-step
@@ -365,25 +366,34 @@ def trl_dataset(data: str, model: str, template: str) -> Any:
                               for r in load_rows(data)])
 
 
+def trl_args(wl: Workload, out: Path) -> Any:
+    """TRL's settings for the workload. GRPOConfig turns bf16 autocast on by default, on CPU too (`bf16=None`
+    becomes True), and on a CPU with AVX512-BF16 that halves the cost of its forward and backward passes;
+    r1ray computes in the model's float32 (`model.dtype`), so both run in float32 here: the same arithmetic,
+    compared framework against framework."""
+    from trl import GRPOConfig
+
+    from r1ray.config import ActorConfig
+
+    return GRPOConfig(
+        output_dir=str(out), use_cpu=True, seed=wl.seed, num_generations=wl.n, bf16=False, fp16=False,
+        per_device_train_batch_size=wl.n * wl.prompts, gradient_accumulation_steps=1,  # one generation per step
+        max_completion_length=wl.max_new_tokens, temperature=1.0, beta=wl.kl_coef, num_iterations=1,
+        learning_rate=ActorConfig().lr, lr_scheduler_type="constant", max_steps=wl.steps + wl.warmup,
+        logging_steps=1, report_to="none", save_strategy="no", dataloader_num_workers=0, disable_tqdm=True)
+
+
 def trl_worker(spec_path: str) -> None:
     """Run TRL's GRPOTrainer on the workload and write one JSON line per optimizer step to <out>/steps.jsonl."""
     import torch
     from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from r1ray.config import ActorConfig
+    from trl import GRPOTrainer
 
     spec = json.loads(Path(spec_path).read_text())
     wl, out = Workload(**spec["workload"]), Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(wl.threads)
-    args = GRPOConfig(
-        output_dir=str(out), use_cpu=True, seed=wl.seed, num_generations=wl.n,
-        per_device_train_batch_size=wl.n * wl.prompts, gradient_accumulation_steps=1,  # one generation per step
-        max_completion_length=wl.max_new_tokens, temperature=1.0, beta=wl.kl_coef, num_iterations=1,
-        learning_rate=ActorConfig().lr, lr_scheduler_type="constant", max_steps=wl.steps + wl.warmup,
-        logging_steps=1, report_to="none", save_strategy="no", dataloader_num_workers=0, disable_tqdm=True)
-    trainer = GRPOTrainer(model=spec["model"], reward_funcs=accuracy_reward, args=args,
+    trainer = GRPOTrainer(model=spec["model"], reward_funcs=accuracy_reward, args=trl_args(wl, out),
                           train_dataset=trl_dataset(spec["data"], spec["model"], wl.template))
     recorder = _TrlStageRecorder(trainer)
     records: list[dict[str, Any]] = []

@@ -63,3 +63,12 @@ def test_table_has_both_columns_and_the_ratio():
     assert "n/a" in lines["framework overhead"]
     only = bench.format_table({"r1ray": r1ray})
     assert "r1ray/TRL" not in only and "trl" not in only.splitlines()[0]
+
+
+def test_trl_runs_in_float32_as_r1ray_does(tmp_path):
+    """GRPOConfig turns bf16 autocast on by default, also on CPU; r1ray computes in float32, and so must TRL here
+    (with bf16 TRL's passes took half the time on this CPU, measuring the arithmetic instead of the framework)."""
+    pytest.importorskip("trl", reason="TRL is the benchmark's baseline: pip install -e '.[bench]'")
+    args = bench.trl_args(bench.Workload(), tmp_path)
+    assert args.bf16 is False and args.fp16 is False and args.use_cpu
+    assert args.per_device_train_batch_size == bench.Workload().n * bench.Workload().prompts
