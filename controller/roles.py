@@ -168,9 +168,11 @@ def _start_roles(cfg: R1RayConfig, placement: Placement, slots: dict[str, list[W
     ref = (RefGroup(slots["ref"], engine_kind=cfg.actor.engine, spec=ref_spec, startup_timeout_s=t.startup_timeout_s,
                     collective_timeout_s=t.collective_timeout_s, wait=False) if use_ref else None)
     started += [ref] if ref is not None else []
-    started.append(build_rollout_group(cfg, slots["rollout"], placement, wait=False))
-    started.append(build_reward_group(cfg, slots["reward"], wait=False))
-    roles = Roles(actor, ref, started[-2], started[-1])
+    rollout = build_rollout_group(cfg, slots["rollout"], placement, wait=False)
+    started.append(rollout)
+    reward = build_reward_group(cfg, slots["reward"], wait=False)
+    started.append(reward)
+    roles = Roles(actor, ref, rollout, reward)
     start_groups(roles.all())
     if colocated(placement):
         # vLLM sizes its KV cache from the free device memory it profiles at start-up: it must start (and
