@@ -167,8 +167,7 @@ def _wait_all(groups: Sequence[WorkerGroup], what: str, refs: dict[WorkerGroup, 
             late.append(f"role '{group.role}': ranks {missing} did not finish {what} within {group.startup_timeout_s:g}s")
     if late:
         for group in groups:
-            for w in group.workers:
-                ray.kill(w)
+            group.kill()
         raise WorkerStartupError(f"{'; '.join(late)} (check the cluster has free resources for these roles and the "
                                  f"worker logs under /tmp/ray)")
     return {group: ray.get(group_refs) for group, group_refs in refs.items()}
